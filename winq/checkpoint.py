@@ -169,6 +169,14 @@ def _check_folder(path: Path) -> None:
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
         raise CheckpointError(f"{str(path)!r} has no model weights (*.safetensors)")
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:  # reads the header only: cheap, and names the broken file
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"corrupt {file.name} in {str(path)!r}: {e}") from None
 
 
 def _load_scales(path: Path, model: nn.Module) -> None:
@@ -234,6 +242,7 @@ def load(
         CheckpointError: a missing path, a folder that is not a checkpoint, a corrupt file,
             or a bit-width mismatch without ``requantize``.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -258,7 +267,7 @@ def load(
     with quiet_transformers():  # the scales are "unexpected keys" to transformers
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"cannot load model from {str(path)!r}: {first}") from None
     if saved is not None and (bits is None or bits == saved_bits):

@@ -146,23 +146,22 @@ class QuantLinear(nn.Linear):
             x = w / self.scale.clamp_min(1e-5).unsqueeze(-1)
             return self.quantizer.in_range(x).reshape(self.weight.shape)
 
-    def _sigma(self, sigma: float, scale: torch.Tensor) -> torch.Tensor | float:
-        if not self.config.noise_relative:
-            return sigma
-        return sigma * scale.detach()
+    def _per_weight_scale(self) -> torch.Tensor:
+        """The scale each weight is quantized with, broadcast to (out, in), detached."""
+        scale = self.scale.detach()
+        ones = group_view(torch.ones_like(self.weight.detach()), scale.shape)
+        return (ones * scale.unsqueeze(-1)).reshape(self.weight.shape)
 
-    def _noisy_weight(self) -> torch.Tensor:
+    def perturbed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W~, s~) for a ``pre``/``frozen`` noisy training forward: W + σ_w·ε, s + σ_s·ε'.
+
+        Returns the parameters themselves when noise is off or the layer is in eval mode.
+        """
         config = self.config
         sigma_w, sigma_s = config.noise_sigma, config.scale_noise
         weight, scale = self.weight, self.scale
-        noisy = self.training and (sigma_w > 0 or sigma_s > 0)
-        if not noisy:
-            return fake_quantize(weight, scale, self.quantizer, self.grad_scale)
-        if config.noise_mode == "post":
-            q = fake_quantize(weight, scale, self.quantizer, self.grad_scale)
-            row_scale = group_view(torch.ones_like(weight), scale.shape) * scale.unsqueeze(-1)
-            noise_scale = self._sigma(sigma_w, row_scale.reshape(weight.shape))
-            return q + noise_scale * torch.randn_like(q)
+        if not self.training or config.noise_mode == "post" or (sigma_w == 0 and sigma_s == 0):
+            return weight, scale
         if config.noise_mode == "frozen":
             if self._frozen_noise is None:
                 self._frozen_noise = torch.randn_like(weight.detach())
@@ -171,13 +170,23 @@ class QuantLinear(nn.Linear):
         else:
             eps_w, eps_s = torch.randn_like(weight.detach()), torch.randn_like(scale.detach())
         if sigma_w > 0:
-            per_weight_scale = (
-                group_view(torch.ones_like(weight), scale.shape) * scale.detach().unsqueeze(-1)
-            ).reshape(weight.shape)
-            weight = weight + self._sigma(sigma_w, per_weight_scale) * eps_w
+            sigma = sigma_w * self._per_weight_scale() if config.noise_relative else sigma_w
+            weight = weight + sigma * eps_w
         if sigma_s > 0:
-            scale = scale + self._sigma(sigma_s, scale) * eps_s
-        return fake_quantize(weight, scale, self.quantizer, self.grad_scale)
+            sigma = sigma_s * scale.detach() if config.noise_relative else sigma_s
+            scale = scale + sigma * eps_s
+        return weight, scale
+
+    def fake_quantized_weight(self) -> torch.Tensor:
+        """The weight this forward uses: Q(W~; s~) with gradients to W and s (plus the
+        post-quantization noise in ``post`` mode, training only)."""
+        weight, scale = self.perturbed()
+        q = fake_quantize(weight, scale, self.quantizer, self.grad_scale)
+        sigma_w = self.config.noise_sigma
+        if self.training and self.config.noise_mode == "post" and sigma_w > 0:
+            sigma = sigma_w * self._per_weight_scale() if self.config.noise_relative else sigma_w
+            q = q + sigma * torch.randn_like(q.detach())
+        return q
 
     def clear_frozen_noise(self) -> None:
         self._frozen_noise = None
@@ -186,7 +195,7 @@ class QuantLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.a_bits is not None:
             x = quantize_activations(x, self.config.a_bits)
-        weight = self._noisy_weight().to(x.dtype)
+        weight = self.fake_quantized_weight().to(x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, weight, bias)
 
@@ -285,8 +294,8 @@ def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLinear]]:
 def reset_(model: nn.Module, alpha: float = 0.2) -> int:
     """WinQ's interpolation reset ``W <- α·W + (1-α)·Q(W)`` on every QuantLinear.
 
-    Computed as ``Q + α·(W - Q)``, so every latent weight moves straight toward its own
-    quantized value and the distance shrinks by α. Scales are untouched, and Q(W) is
+    Every latent weight moves straight toward its own quantized value and its distance to it
+    shrinks by α (α = 1 leaves W exactly as it is, α = 0 puts it exactly on the grid). Scales are untouched, and Q(W) is
     unchanged: the rare weight that floating-point rounding would push across a rounding
     boundary (possible only for α very near 1) keeps its old value, so the invariant is exact.
     Frozen noise draws are discarded, so ``frozen`` noise redraws after a reset.
@@ -307,7 +316,7 @@ def reset_(model: nn.Module, alpha: float = 0.2) -> int:
     count = 0
     for _, layer in quant_layers(model):
         q = layer.quantized_weight()
-        new = q + alpha * (layer.weight - q)
+        new = alpha * layer.weight + (1.0 - alpha) * q
         layer_q_new = fake_quantize(new, layer.scale.detach(), layer.quantizer, 1.0)
         new = torch.where(layer_q_new == q, new, layer.weight)
         layer.weight.copy_(new)
