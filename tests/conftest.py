@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Tests never touch the network or the user's cache: hub look-ups fail fast, and the embedded
+# default is built once per test session in a temporary cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["WINQ_CACHE"] = os.environ.get("WINQ_TEST_CACHE") or tempfile.mkdtemp(
+    prefix="winq-test-cache-"
+)
+
 import pytest
 import torch
 from tiny_models import ARCHITECTURES, build_tiny_model

