@@ -1,0 +1,486 @@
+"""The paper's figures, each a function of loaded data that returns a Figure.
+
+Conventions (those of the WinQ paper's Hessian figures): the eigenvalue density is shown as
+probability mass per grid cell on a log axis from 1e-9 to 1, from a Gaussian kernel of width
+σ = 5e-3 on a 400-point grid; "near-zero mass" is the spectral mass with |λ| < ε, ε = 1.5e-3.
+The α of an interpolation reset weights the latent weights: W ← αW + (1−α)Q(W), so α = 1 is no
+reset. Figures only read saved values; see :mod:`winq.plots.readers` for what is re-broadened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
+
+from winq.plots.compare import baseline_for, speedup
+from winq.plots.readers import RunData, SpectrumData, format_bits
+from winq.plots.style import CYCLE, PALETTE, bits_color, mode_color, new_figure, style
+
+__all__ = [
+    "MASS_FLOOR",
+    "format_step",
+    "plot_alpha_sweep",
+    "plot_density_over_training",
+    "plot_loss_curves",
+    "plot_magnitudes_by_bits",
+    "plot_spectrum_over_training",
+    "qat_name",
+]
+
+MASS_FLOOR = 1e-9  # bottom of the log probability-mass axis
+
+
+def format_step(step: int | None) -> str:
+    """``2000 -> "2k"``, ``1500 -> "1.5k"``, ``240000 -> "240k"``, ``2_000_000 -> "2M"``."""
+    if step is None:
+        return "?"
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if abs(step) >= size:
+            return f"{step / size:.3g}{suffix}"
+    return str(step)
+
+
+def qat_name(bits: float | int | None) -> str:
+    """``"2-bit QAT"``; ``"FP training"`` for 16 bits."""
+    return "FP training" if bits is not None and bits >= 16 else f"{format_bits(bits)} QAT"
+
+
+def _evenly(items: Sequence, count: int) -> list:
+    """At most ``count`` items, evenly spaced, always keeping the first and the last."""
+    if len(items) <= count:
+        return list(items)
+    index = np.unique(np.round(np.linspace(0, len(items) - 1, count)).astype(int))
+    return [items[i] for i in index]
+
+
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which log ticks to label, written as 0.2, 3, 40 (not 2e-01)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _plain_log_axis(ax) -> None:
+    """Log y axis labelled 0.3, 1, 3; short ranges get labelled minor ticks."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+
+
+def _eps_text(eps_values: set) -> str:
+    eps_values = {e for e in eps_values if e is not None}
+    if len(eps_values) == 1:
+        return f"|λ| < {next(iter(eps_values)):.2g}"
+    return "|λ| < ε (as saved)"
+
+
+# --------------------------------------------------------------------------------------------
+# 1. density over training
+
+
+def plot_density_over_training(
+    spectra: Sequence[SpectrumData],
+    *,
+    title: str | None = None,
+    sigma: float | None = None,
+    eps: float | None = None,
+    max_panels: int = 6,
+) -> Figure:
+    """Eigenvalue density (log probability mass) at several steps of one run, a panel per step.
+
+    Args:
+        spectra: spectra of one run (α-sweep spectra and spectra without a step are ignored).
+        title: figure title (e.g. the run label).
+        sigma: kernel width; None uses the saved density.
+        eps: near-zero threshold for the mass quoted in each panel; None uses the saved one.
+        max_panels: at most this many steps, evenly spaced, first and last kept.
+
+    Raises:
+        ValueError: no spectrum with a step and a density (or Ritz nodes).
+    """
+    by_step: dict[int, SpectrumData] = {}
+    for spectrum in spectra:
+        if spectrum.alpha is None and spectrum.step is not None:
+            by_step[spectrum.step] = spectrum
+    curves = []
+    for step in sorted(by_step):
+        result = by_step[step].mass_per_bin(sigma)
+        if result is not None:
+            curves.append((by_step[step], *result))
+    if not curves:
+        raise ValueError("no spectrum with a training step and a saved density or Ritz nodes")
+    curves = _evenly(curves, max_panels)
+
+    columns = min(len(curves), 3)
+    rows = math.ceil(len(curves) / columns)
+    with style():
+        fig = new_figure("two", height=2.1 * rows + 0.35)
+        axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
+        x_low = min(float(grid.min()) for _, grid, _ in curves)
+        x_high = max(float(grid.max()) for _, grid, _ in curves)
+        for ax, (spectrum, grid, mass) in zip(axes, curves):
+            color = bits_color(spectrum.bits)
+            shown = np.clip(mass, MASS_FLOOR * 1e-3, None)
+            ax.fill_between(grid, MASS_FLOOR * 1e-3, shown, color=color, alpha=0.18, lw=0)
+            ax.plot(grid, shown, color=color, lw=1.0)
+            ax.axvline(0.0, color=PALETTE["black"], lw=0.6, ls=":", alpha=0.7)
+            ax.set_yscale("log")
+            ax.set_ylim(MASS_FLOOR, 1.0)
+            ax.set_xlim(x_low, x_high)
+            ax.set_title(f"step {format_step(spectrum.step)} of {qat_name(spectrum.bits)}")
+            near_zero, used_eps = spectrum.near_zero_mass(eps)
+            lines = []
+            if near_zero is not None:
+                eps_note = f"{used_eps:.2g}" if used_eps is not None else "ε"
+                lines.append(f"mass |λ|<{eps_note}: {near_zero:.3f}")
+            if spectrum.lambda_max is not None and spectrum.lambda_min is not None:
+                lines.append(f"λ ∈ [{spectrum.lambda_min:.3g}, {spectrum.lambda_max:.3g}]")
+            if lines:
+                ax.text(
+                    0.97, 0.95, "\n".join(lines), transform=ax.transAxes, ha="right",
+                    va="top", fontsize=6.5,
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "#cccccc", "lw": 0.5},
+                )  # fmt: skip
+        for ax in axes[len(curves) :]:
+            ax.set_visible(False)
+        for index, ax in enumerate(axes[: len(curves)]):
+            if index % columns == 0:
+                ax.set_ylabel("probability mass")
+            if index >= len(curves) - columns:
+                ax.set_xlabel("eigenvalue λ")
+                ax.tick_params(labelbottom=True)
+        sigma_used = sigma if sigma is not None else curves[0][0].value("density_sigma")
+        note = f"; Gaussian σ = {sigma_used:.2g}" if sigma_used is not None else ""
+        fig.suptitle((title or "Hessian eigenvalue density over training") + note)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 2. magnitudes by bit width
+
+
+def plot_magnitudes_by_bits(
+    spectra: Sequence[SpectrumData], *, eps: float | None = None, max_steps: int = 4
+) -> Figure:
+    """|λ|max, |λmin| and near-zero mass against bit width, at steps measured for every width.
+
+    Where several spectra share a bit width and step the first is used (pass baseline runs'
+    spectra first). When no step is common to all widths, each width's last step is shown.
+
+    Raises:
+        ValueError: fewer than two bit widths with a stepped spectrum.
+    """
+    table: dict[float | int, dict[int, SpectrumData]] = {}
+    for spectrum in spectra:
+        if spectrum.alpha is not None or spectrum.bits is None or spectrum.step is None:
+            continue
+        table.setdefault(spectrum.bits, {}).setdefault(spectrum.step, spectrum)
+    if len(table) < 2:
+        raise ValueError(f"needs spectra at two or more bit widths (found {len(table)})")
+    widths = sorted(table)
+    common = sorted(set.intersection(*(set(steps) for steps in table.values())))
+    if common:
+        groups = [(f"step {format_step(s)}", {b: table[b][s] for b in widths}) for s in common]
+        groups = _evenly(groups, max_steps)
+    else:
+        groups = [("last measured step", {b: table[b][max(table[b])] for b in widths})]
+
+    quantities = [
+        ("|λ|max", lambda s: s.abs_lambda_max, True),
+        ("|λmin|", lambda s: None if s.lambda_min is None else abs(s.lambda_min), True),
+        ("near-zero mass", lambda s: s.near_zero_mass(eps)[0], False),
+    ]
+    eps_used = {s.near_zero_mass(eps)[1] for _, g in groups for s in g.values()}
+    positions = np.arange(len(widths))
+    with style():
+        fig = new_figure("two", height=2.5)
+        axes = fig.subplots(1, 3)
+        shades = _step_shades(len(groups))
+        for ax, (name, getter, log) in zip(axes, quantities):
+            for (label, chosen), color in zip(groups, shades):
+                values = [getter(chosen[b]) for b in widths]
+                values = [np.nan if v is None else v for v in values]
+                if log:
+                    values = [v if v > 0 else np.nan for v in values]
+                ax.plot(positions, values, marker="o", color=color, label=label)
+            ax.set_xticks(positions, [format_bits(b) for b in widths])
+            ax.set_xlabel("bit width")
+            if log:
+                _plain_log_axis(ax)
+                ax.set_title(name)
+            else:
+                ax.set_ylim(0, 1.02)
+                ax.set_title(f"near-zero mass ({_eps_text(eps_used)})")
+        axes[0].set_ylabel("magnitude")
+        axes[2].set_ylabel("spectral mass")
+        axes[0].legend(loc="best")
+        fig.suptitle("Hessian eigenvalue magnitudes by bit width")
+    return fig
+
+
+def _step_shades(count: int) -> list[str]:
+    """Colours from early (light) to late (dark) steps: Okabe–Ito sky blue -> blue -> black."""
+    ramp = [PALETTE["sky_blue"], PALETTE["blue"], PALETTE["reddish_purple"], PALETTE["black"]]
+    if count <= len(ramp):
+        return ramp[len(ramp) - count :] if count > 1 else [PALETTE["blue"]]
+    return [CYCLE[i % len(CYCLE)] for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. spectrum over training, baseline vs WinQ
+
+
+def _run_colors(runs: Sequence[RunData]) -> list[str]:
+    colors, used = [], set()
+    for run in runs:
+        color = mode_color(run.mode)
+        if color in used:
+            color = next((c for c in CYCLE if c not in used), color)
+        used.add(color)
+        colors.append(color)
+    return colors
+
+
+def _mark_resets(ax, runs: Sequence[RunData], colors: Sequence[str]) -> None:
+    for run, color in zip(runs, colors):
+        for step in run.reset_steps:
+            ax.axvline(step, color=color, lw=0.8, ls=(0, (2, 2)), alpha=0.75, zorder=0)
+
+
+def plot_spectrum_over_training(
+    runs: Sequence[RunData], *, eps: float | None = None, title: str | None = None
+) -> Figure:
+    """Near-zero mass, negative mass and eigenvalue range over training, one line per run.
+
+    Reset steps of each run are vertical dashed lines in the run's colour. Values come from the
+    run's spectra, or from its controller diagnostics when it saved no spectra.
+
+    Raises:
+        ValueError: no run has a spectral measurement with a step.
+    """
+    series = [(run, run.spectrum_series(eps)) for run in runs]
+    series = [(run, frame) for run, frame in series if not frame.empty]
+    if not series:
+        raise ValueError("no run has spectra or diagnostics over training")
+    runs = [run for run, _ in series]
+    colors = _run_colors(runs)
+    with style():
+        fig = new_figure("two", height=2.7)
+        axes = fig.subplots(1, 3, sharex=True)
+        for (run, frame), color in zip(series, colors):
+            steps = frame["step"].to_numpy(float)
+            label = run.label
+            if frame["source"].iloc[0] == "diagnostics":
+                label += " (logged diagnostics)"
+            kw = {"color": color, "marker": "o", "label": label}
+            axes[0].plot(steps, frame["near_zero_mass"].to_numpy(float), **kw)
+            axes[1].plot(steps, frame["negative_mass"].to_numpy(float), **kw)
+            top = frame["lambda_max"].to_numpy(float)
+            bottom = np.abs(frame["lambda_min"].to_numpy(float))
+            axes[2].plot(steps, np.where(top > 0, top, np.nan), **kw)
+            axes[2].plot(
+                steps, np.where(bottom > 0, bottom, np.nan), color=color, marker="s",
+                ls="--", mfc="white",
+            )  # fmt: skip
+        for ax in axes:
+            _mark_resets(ax, runs, colors)
+            ax.set_xlabel("training step")
+        sources = {frame["source"].iloc[0] for _, frame in series}
+        eps_note = f"|λ| < {eps:.2g}" if eps is not None else "|λ| < ε"
+        if sources == {"diagnostics"}:
+            eps_note = "as logged"
+        axes[0].set_title(f"near-zero mass ({eps_note})")
+        axes[0].set_ylabel("spectral mass")
+        axes[1].set_title("negative mass (λ < 0)")
+        axes[2].set_title("eigenvalue range")
+        _plain_log_axis(axes[2])
+        axes[2].set_ylabel("magnitude")
+        handles = [
+            Line2D([], [], color=c, marker="o", label=ax_line.get_label())
+            for ax_line, c in zip(axes[0].get_lines()[: len(runs)], colors)
+        ]
+        if any(run.reset_steps for run in runs):
+            handles.append(Line2D([], [], color="#666666", ls=(0, (2, 2)), label="WinQ reset"))
+        handles += [
+            Line2D([], [], color="#444444", marker="o", label="λmax"),
+            Line2D([], [], color="#444444", marker="s", ls="--", mfc="white", label="|λmin|"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6))
+        fig.suptitle(title or "Hessian spectrum over training")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 4. α sweep
+
+
+def plot_alpha_sweep(
+    spectra: Sequence[SpectrumData], *, eps: float | None = None, title: str | None = None
+) -> Figure:
+    """Near-zero mass against the interpolation α of a trial reset, one line per sweep.
+
+    A sweep is the set of spectra with ``metadata.alpha`` sharing run, bit width and step. Error
+    bars are ±1 standard deviation over SLQ probes of the per-probe near-zero mass (from the
+    Ritz nodes; none when those were not saved).
+
+    Raises:
+        ValueError: no sweep has two or more α values.
+    """
+    sweeps: dict[tuple, dict[float, SpectrumData]] = {}
+    for spectrum in spectra:
+        if spectrum.alpha is None:
+            continue
+        key = (spectrum.run or "", spectrum.bits, spectrum.step)
+        sweeps.setdefault(key, {})[spectrum.alpha] = spectrum
+    sweeps = {k: v for k, v in sweeps.items() if len(v) >= 2}
+    if not sweeps:
+        raise ValueError("needs spectra at two or more α values (metadata.alpha) of one checkpoint")
+    eps_used, probe_counts = set(), set()
+    with style():
+        fig = new_figure("one", height=2.7)
+        ax = fig.subplots()
+        for index, ((run, bits, step), by_alpha) in enumerate(sorted(sweeps.items(), key=str)):
+            alphas = sorted(by_alpha)
+            means, errors = [], []
+            for alpha in alphas:
+                spectrum = by_alpha[alpha]
+                value, used = spectrum.near_zero_mass(eps)
+                eps_used.add(used)
+                per_probe = spectrum.per_probe_mass("near_zero", used)
+                if per_probe is not None and len(per_probe) > 1:
+                    errors.append(float(np.std(per_probe, ddof=1)))
+                    probe_counts.add(len(per_probe))
+                else:
+                    errors.append(np.nan)
+                means.append(np.nan if value is None else value)
+            color = bits_color(bits) if len(sweeps) > 1 else PALETTE["blue"]
+            if len(sweeps) > 1 and len({k[1] for k in sweeps}) < len(sweeps):
+                color = CYCLE[index % len(CYCLE)]
+            label = f"{run or qat_name(bits)}, step {format_step(step)}"
+            ax.errorbar(alphas, means, yerr=errors, marker="o", color=color, label=label)
+        ax.set_xlabel("interpolation α   (W ← αW + (1−α)Q(W))")
+        ax.set_ylabel(f"near-zero mass ({_eps_text(eps_used)})")
+        ax.set_xlim(-0.05, 1.05)
+        counts = f"{min(probe_counts)}" if probe_counts else "?"
+        if probe_counts and len(probe_counts) > 1:
+            counts += f"–{max(probe_counts)}"
+        ax.legend(loc="best", title=f"error bars: ±1 s.d. over {counts} probes")
+        ax.set_title(title or "Near-zero mass after a trial reset")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 5. loss curves with speedup
+
+
+def _smooth(values: np.ndarray, span: int) -> np.ndarray:
+    """Exponential moving average with bias correction (like pandas ``ewm(adjust=True)``)."""
+    if span <= 1 or len(values) < 3:
+        return values
+    decay = 1.0 - 2.0 / (span + 1.0)
+    out = np.empty_like(values)
+    num = den = 0.0
+    for i, v in enumerate(values):
+        num = decay * num + v
+        den = decay * den + 1.0
+        out[i] = num / den
+    return out
+
+
+def plot_loss_curves(runs: Sequence[RunData], *, title: str | None = None) -> Figure:
+    """Training and held-out loss against step for runs of one bit width, with the speedup.
+
+    The held-out panel marks the baseline's final held-out loss (dashed) and the first step at
+    which each WinQ run reaches it (star); the legend gives the speedup
+    (see :mod:`winq.plots.compare`).
+
+    Raises:
+        ValueError: no run has a training or held-out loss.
+    """
+    runs = [r for r in runs if not (r.loss.empty and r.eval_loss.empty)]
+    if not runs:
+        raise ValueError("no run has a training or held-out loss")
+    colors = _run_colors(runs)
+    with style():
+        fig = new_figure("two", height=3.3)
+        train_ax, eval_ax = fig.subplots(1, 2, sharex=True)
+        all_losses = []
+        for run, color in zip(runs, colors):
+            loss = run.loss
+            if not loss.empty:
+                steps = loss["step"].to_numpy(float)
+                values = loss["loss"].to_numpy(float)
+                all_losses.append(values[len(values) // 10 :])
+                train_ax.plot(steps, values, color=color, lw=0.6, alpha=0.25)
+                span = max(1, len(values) // 25)
+                train_ax.plot(steps, _smooth(values, span), color=color, label=run.label)
+            held_out = run.eval_loss
+            if not held_out.empty:
+                all_losses.append(held_out["eval_loss"].to_numpy(float))
+                eval_ax.plot(
+                    held_out["step"], held_out["eval_loss"], color=color, marker="o",
+                    label=run.label,
+                )  # fmt: skip
+        for ax in (train_ax, eval_ax):
+            _mark_resets(ax, runs, colors)
+            ax.set_xlabel("training step")
+        if all_losses:
+            values = np.concatenate(all_losses)
+            values = values[np.isfinite(values)]
+            if values.size:
+                low, high = float(values.min()), float(np.percentile(values, 99))
+                pad = 0.06 * max(high - low, 1e-3)
+                for ax in (train_ax, eval_ax):
+                    ax.set_ylim(low - pad, high + pad)
+
+        speedups: dict[int, str] = {}
+        target_handles = []
+        for index, (run, color) in enumerate(zip(runs, colors)):
+            baseline = baseline_for(run, runs)
+            result = speedup(baseline, run) if baseline is not None else None
+            if result is None:
+                continue
+            if not any(h.get_label().startswith(baseline.label) for h in target_handles):
+                eval_ax.axhline(result.target, color=PALETTE["black"], lw=0.8, ls="--", zorder=1)
+                target_handles.append(
+                    Line2D([], [], color=PALETTE["black"], lw=0.8, ls="--",
+                           label=f"{baseline.label} final: {result.target:.3f}")
+                )  # fmt: skip
+            if result.steps is not None:
+                reached = run.eval_loss
+                y = float(reached.loc[reached["step"] == result.steps, "eval_loss"].iloc[0])
+                eval_ax.plot(
+                    [result.steps], [y], marker="*", ms=10, color=color, mec="white", mew=0.6,
+                    zorder=5, ls="none",
+                )  # fmt: skip
+                speedups[index] = (
+                    f"{result.ratio:.2f}× ({result.steps} vs {result.baseline_steps} steps)"
+                    if result.ratio
+                    else f"reached at step {result.steps}"
+                )
+            else:
+                speedups[index] = "not reached"
+        train_ax.set_title("training loss (EMA; raw faint)")
+        train_ax.set_ylabel("loss")
+        eval_ax.set_title("held-out loss")
+        handles = [
+            Line2D([], [], color=c, marker="o",
+                   label=r.label + (f" — {speedups[i]}" if i in speedups else ""))
+            for i, (r, c) in enumerate(zip(runs, colors))
+        ]  # fmt: skip
+        handles += target_handles
+        if any(text != "not reached" for text in speedups.values()):
+            handles.append(
+                Line2D([], [], color="#444444", marker="*", ms=8, ls="none",
+                       label="first reaches the baseline's final held-out loss")
+            )  # fmt: skip
+        if any(run.reset_steps for run in runs):
+            handles.append(Line2D([], [], color="#666666", ls=(0, (2, 2)), label="WinQ reset"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=2)
+        fig.suptitle(title or "Loss over training")
+    return fig

@@ -1,0 +1,237 @@
+"""Finding and reading spectrum and run folders; clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from plot_fixtures import (
+    BASELINE_EVAL,
+    EVAL_STEPS,
+    SAVED_EPS,
+    SIGMA,
+    density_on_grid,
+    ritz_nodes,
+    write_run,
+    write_spectrum,
+)
+
+from winq.plots import PlotInputError, load_inputs, read_metrics, read_run, read_spectrum
+from winq.plots.readers import find_inputs
+
+
+def test_finds_every_run_and_spectrum(study, inputs):
+    assert [run.label for run in inputs.runs] == [
+        "1-bit baseline",
+        "2-bit baseline",
+        "2-bit WinQ fixed",
+        "2-bit WinQ guided",
+    ]
+    assert len(inputs.spectra) == 3 + 3 + 3 + 6 + 1  # 1-bit, 2-bit x2, α sweep, loose 3-bit
+    by_label = {run.label: run for run in inputs.runs}
+    assert len(by_label["2-bit baseline"].spectra) == 3 + 6
+    assert by_label["2-bit WinQ guided"].spectra == []
+    loose = [s for s in inputs.spectra if s.run is None]
+    assert len(loose) == 1 and loose[0].bits == 3
+    assert {s.run for s in by_label["2-bit baseline"].spectra} == {"2-bit baseline"}
+
+
+def test_hidden_temporary_folders_and_checkpoints_are_skipped(tmp_path):
+    write_spectrum(tmp_path / "spec", bits=2, step=10)
+    write_spectrum(tmp_path / ".spec.abc.tmp", bits=2, step=20)  # an atomic write in progress
+    write_run(tmp_path / "run", bits=2, mode="off", eval_losses=BASELINE_EVAL)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_000100"
+    write_spectrum(checkpoint / "stray", bits=2, step=30)
+    spectra, runs = find_inputs([tmp_path, tmp_path / "spec"])  # overlapping paths: no duplicates
+    assert [p.name for p in spectra] == ["spec"]
+    assert [p.name for p in runs] == ["run"]
+
+
+def test_metrics_merge_lines_of_one_step_and_drop_a_truncated_tail(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 0, "loss": 3.5, "lr": 0.001}\n'
+        '{"step": 0, "eval_loss": 3.25, "surprise": [1]}\n'
+        "\n"
+        '{"step": 10, "loss": 3.0}\n'
+        '{"step": 10, "reset": {"alpha": 0.2, "reason": "schedule", "layers": 14}}\n'
+        '{"step": 20, "loss": 2.'
+    )
+    frame, records = read_metrics(path)
+    assert frame["step"].tolist() == [0, 10]
+    assert frame.loc[0, "loss"] == 3.5 and frame.loc[0, "eval_loss"] == 3.25
+    assert frame.loc[1, "reset"] == {"alpha": 0.2, "reason": "schedule", "layers": 14}
+    assert len(records) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"step": 0}\nnot json\n{"step": 1}\n', "line 2 is not valid JSON"),
+        ('{"step": 0}\n[1, 2]\n{"step": 1}\n', "line 2 is not a JSON object"),
+        ('{"loss": 1.0}\n{"step": 1}\n', "line 1 has no integer 'step'"),
+        ('{"step": "ten"}\n{"step": 1}\n', "line 1 has no integer 'step'"),
+    ],
+)
+def test_corrupt_metrics_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(text)
+    with pytest.raises(PlotInputError, match=message) as info:
+        read_metrics(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_run_properties(inputs):
+    runs = {run.label: run for run in inputs.runs}
+    fixed, guided, base = (
+        runs["2-bit WinQ fixed"],
+        runs["2-bit WinQ guided"],
+        runs["2-bit baseline"],
+    )
+    assert (base.mode, fixed.mode, guided.mode) == ("off", "fixed", "guided")
+    assert base.is_baseline and not fixed.is_baseline
+    assert fixed.reset_steps == [250, 500, 750]
+    assert fixed.eval_loss["step"].tolist() == EVAL_STEPS
+    assert base.final_eval_loss == BASELINE_EVAL[-1]
+    assert fixed.steps == 1000  # the truncated last line was dropped
+    series = guided.spectrum_series()
+    assert series["source"].unique().tolist() == ["diagnostics"]
+    assert series["step"].tolist() == [0, 250, 500, 750, 1000]
+    assert base.spectrum_series()["step"].tolist() == [0, 500, 1000]  # α sweep excluded
+
+
+def test_mode_falls_back_to_reset_records_and_label_to_folder(tmp_path):
+    write_run(
+        tmp_path / "no-config-guided",
+        bits=2,
+        mode="guided",
+        eval_losses=BASELINE_EVAL,
+        resets=(100,),
+        reset_reason="guided",
+        config="absent",
+    )
+    write_run(tmp_path / "plain", bits=2, mode="off", eval_losses=BASELINE_EVAL, config={})
+    guided = read_run(tmp_path / "no-config-guided")
+    assert guided.mode == "guided" and guided.bits is None
+    assert guided.label == "no-config-guided"
+    plain = read_run(tmp_path / "plain")
+    assert plain.mode == "off" and plain.label == "plain"
+
+
+def test_duplicate_labels_get_the_folder_name(tmp_path):
+    for seed in (0, 1):
+        write_run(
+            tmp_path / f"seed{seed}", bits=2, mode="off", eval_losses=BASELINE_EVAL, seed=seed
+        )
+    labels = sorted(run.label for run in load_inputs([tmp_path]).runs)
+    assert labels == ["2-bit baseline (seed0)", "2-bit baseline (seed1)"]
+
+
+def test_saved_density_is_used_and_rebroadened_on_request(tmp_path):
+    write_spectrum(tmp_path / "s", bits=2, step=5, seed=3)
+    spectrum = read_spectrum(tmp_path / "s")
+    saved = pd.read_parquet(tmp_path / "s" / "density.parquet")
+    grid, density = spectrum.density()
+    np.testing.assert_array_equal(grid, saved["lambda"].to_numpy())
+    np.testing.assert_array_equal(density, saved["density"].to_numpy())
+
+    # the same σ on the same grid recomputed from the nodes matches the saved density
+    _, redensity = spectrum.density(grid=grid, sigma=SIGMA)
+    np.testing.assert_allclose(redensity, density, rtol=1e-10, atol=1e-12)
+
+    # a wider kernel on a fine grid: a different curve, still a probability density
+    fine = np.linspace(grid[0] - 1, grid[-1] + 1, 20001)
+    _, wide = spectrum.density(grid=fine, sigma=0.05)
+    assert np.trapezoid(wide, fine) == pytest.approx(1.0, abs=1e-6)
+
+    mass_grid, mass = spectrum.mass_per_bin()
+    np.testing.assert_array_equal(mass_grid, grid)
+    assert mass.sum() == pytest.approx(1.0, abs=1e-12)
+    assert mass.min() >= 0
+
+
+def test_near_zero_mass_saved_or_recomputed_from_ritz(tmp_path):
+    document = write_spectrum(tmp_path / "s", bits=2, step=5, seed=4)
+    spectrum = read_spectrum(tmp_path / "s")
+    assert spectrum.near_zero_mass() == (document["summary"]["near_zero_mass"], SAVED_EPS)
+    assert spectrum.near_zero_mass(SAVED_EPS)[0] == document["summary"]["near_zero_mass"]
+    nodes, weights = ritz_nodes(4, 8.0, 0.3)
+    expected = np.mean([w[np.abs(t) < 0.05].sum() for t, w in zip(nodes, weights)])
+    value, eps = spectrum.near_zero_mass(0.05)
+    assert eps == 0.05 and value == pytest.approx(expected, abs=1e-15)
+    per_probe = spectrum.per_probe_mass("near_zero", 0.05)
+    assert per_probe.shape == (nodes.shape[0],)
+
+
+def test_summary_only_spectrum_and_per_layer_ritz(tmp_path):
+    document = write_spectrum(
+        tmp_path / "bare", bits=1.58, step=5, write_ritz=False, write_density=False
+    )
+    bare = read_spectrum(tmp_path / "bare")
+    assert bare.bits == 1.58 and bare.density() is None and bare.mass_per_bin() is None
+    assert bare.near_zero_mass(0.5) == (document["summary"]["near_zero_mass"], SAVED_EPS)
+
+    write_spectrum(tmp_path / "layers", bits=2, step=5, per_layer=True, seed=2)
+    layers = read_spectrum(tmp_path / "layers")
+    nodes, _ = ritz_nodes(2, 8.0, 0.3)
+    assert len(layers.ritz) == nodes.size  # only the block "all"
+    assert "layer.0" in layers.blocks
+
+
+def test_density_fixture_helper_integrates_to_one():
+    nodes, weights = ritz_nodes(0, 8.0, 0.3)
+    grid, density = density_on_grid(nodes, weights, points=40001)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "spectrum.json is not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"kind": "something-else", "metadata": {}}', "not a winq spectrum"),
+        ('{"kind": "winq-spectrum", "format_version": 9, "metadata": {}}', "newer than"),
+        ('{"kind": "winq-spectrum", "metadata": [1]}', "'metadata' must be a JSON object"),
+        ('{"hello": 1}', "not a winq spectrum"),
+    ],
+)
+def test_corrupt_spectrum_json(tmp_path, content, message):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "spectrum.json").write_text(content)
+    with pytest.raises(PlotInputError, match=message) as info:
+        load_inputs([tmp_path])
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_parquet_and_missing_columns(tmp_path):
+    write_spectrum(tmp_path / "a", bits=2, step=1)
+    (tmp_path / "a" / "ritz.parquet").write_bytes(b"PAR1 definitely not parquet")
+    with pytest.raises(PlotInputError, match=r"ritz\.parquet is not a readable parquet file"):
+        read_spectrum(tmp_path / "a")
+    write_spectrum(tmp_path / "b", bits=2, step=1)
+    pd.DataFrame({"lambda": [0.0]}).to_parquet(tmp_path / "b" / "density.parquet")
+    with pytest.raises(PlotInputError, match=r"density\.parquet lacks column"):
+        read_spectrum(tmp_path / "b")
+
+
+def test_corrupt_config(tmp_path):
+    write_run(tmp_path / "r", bits=2, mode="off", eval_losses=BASELINE_EVAL)
+    (tmp_path / "r" / "config.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(PlotInputError, match="expected a JSON object"):
+        read_run(tmp_path / "r")
+
+
+def test_path_errors(tmp_path):
+    with pytest.raises(PlotInputError, match="no such file or directory"):
+        find_inputs([tmp_path / "missing"])
+    (tmp_path / "file.txt").write_text("hello")
+    with pytest.raises(PlotInputError, match="is a file"):
+        find_inputs([tmp_path / "file.txt"])
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    with pytest.raises(PlotInputError, match="nothing to plot"):
+        find_inputs([tmp_path / "empty"])
+    with pytest.raises(PlotInputError, match="no input paths"):
+        find_inputs([])
