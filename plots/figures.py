@@ -119,7 +119,10 @@ def plot_density_over_training(
     columns = min(len(curves), 3)
     rows = math.ceil(len(curves) / columns)
     with style():
-        fig = new_figure("two", height=2.1 * rows + 0.35)
+        if len(curves) == 1:
+            fig = new_figure("one", height=2.6)
+        else:
+            fig = new_figure("two", height=2.1 * rows + 0.35)
         axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
         x_low = min(float(grid.min()) for _, grid, _ in curves)
         x_high = max(float(grid.max()) for _, grid, _ in curves)
@@ -155,7 +158,8 @@ def plot_density_over_training(
                 ax.set_xlabel("eigenvalue λ")
                 ax.tick_params(labelbottom=True)
         sigma_used = sigma if sigma is not None else curves[0][0].value("density_sigma")
-        note = f"; Gaussian σ = {sigma_used:.2g}" if sigma_used is not None else ""
+        separator = "\n" if len(curves) == 1 else "; "
+        note = f"{separator}Gaussian σ = {sigma_used:.2g}" if sigma_used is not None else ""
         fig.suptitle((title or "Hessian eigenvalue density over training") + note)
     return fig
 
@@ -409,19 +413,19 @@ def plot_loss_curves(runs: Sequence[RunData], *, title: str | None = None) -> Fi
     with style():
         fig = new_figure("two", height=3.3)
         train_ax, eval_ax = fig.subplots(1, 2, sharex=True)
-        all_losses = []
+        train_tails, held_out_values = [], []
         for run, color in zip(runs, colors):
             loss = run.loss
             if not loss.empty:
                 steps = loss["step"].to_numpy(float)
                 values = loss["loss"].to_numpy(float)
-                all_losses.append(values[len(values) // 10 :])
+                train_tails.append(values[len(values) // 10 :])
                 train_ax.plot(steps, values, color=color, lw=0.6, alpha=0.25)
                 span = max(1, len(values) // 25)
                 train_ax.plot(steps, _smooth(values, span), color=color, label=run.label)
             held_out = run.eval_loss
             if not held_out.empty:
-                all_losses.append(held_out["eval_loss"].to_numpy(float))
+                held_out_values.append(held_out["eval_loss"].to_numpy(float))
                 eval_ax.plot(
                     held_out["step"], held_out["eval_loss"], color=color, marker="o",
                     label=run.label,
@@ -429,15 +433,19 @@ def plot_loss_curves(runs: Sequence[RunData], *, title: str | None = None) -> Fi
         for ax in (train_ax, eval_ax):
             _mark_resets(ax, runs, colors)
             ax.set_xlabel("training step")
-        if all_losses:
-            values = np.concatenate(all_losses)
-            values = values[np.isfinite(values)]
-            if values.size:
-                low, high = float(values.min()), float(np.percentile(values, 99))
-                pad = 0.06 * max(high - low, 1e-3)
-                for ax in (train_ax, eval_ax):
-                    ax.set_ylim(low - pad, high + pad)
-
+        # y range: every held-out point, and the training loss past its first 10% (the first
+        # steps of QAT can sit far above everything else)
+        tail = np.concatenate(train_tails) if train_tails else np.array([])
+        held = np.concatenate(held_out_values) if held_out_values else np.array([])
+        tail, held = tail[np.isfinite(tail)], held[np.isfinite(held)]
+        if tail.size or held.size:
+            both = np.concatenate([tail, held])
+            high = max([float(np.percentile(tail, 99))] if tail.size else [], default=-np.inf)
+            high = max(high, float(held.max()) if held.size else -np.inf)
+            low = float(both.min())
+            pad = 0.06 * max(high - low, 1e-3)
+            for ax in (train_ax, eval_ax):
+                ax.set_ylim(low - pad, high + pad)
         speedups: dict[int, str] = {}
         target_handles = []
         for index, (run, color) in enumerate(zip(runs, colors)):
