@@ -115,3 +115,17 @@ def test_llama_extremes_match_dense_eigh(exact_llama, llama_reference):
     assert result.lambda_min == pytest.approx(bottom, rel=1e-4)
     # the reported residuals bound the eigenvalue error (Kahan-Parlett-Jiang: |θ-λ| <= r)
     assert abs(result.lambda_max - top) <= result.true_residuals[-1] + 1e-12
+
+
+@pytest.mark.parametrize("which", ["largest", "magnitude", "both"])
+def test_tol_stops_once_the_watched_values_converge(prescribed, which):
+    matrix, eigenvalues = prescribed
+    result = lanczos(DenseOperator(matrix), steps=100, tol=1e-3, num_converged=2, which=which)
+    assert result.steps < 100 and not result.breakdown
+    watched = {"largest": [-1, -2], "magnitude": [-1, -2], "both": [-1, -2, 0, 1]}[which]
+    for i in watched:
+        # the residual bound guarantees |θ - λ| <= 1e-3 |θ|
+        assert result.eigenvalues[i] == pytest.approx(eigenvalues[i], rel=1e-3)
+        assert result.residuals[i] <= 1e-3 * abs(result.eigenvalues[i])
+    with pytest.raises(ValueError, match="which"):
+        lanczos(DenseOperator(matrix), steps=5, tol=1e-3, which="middle")
