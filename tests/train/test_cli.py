@@ -1,0 +1,113 @@
+"""``winq-train`` as a subprocess: bad input is one line and exit 2 with nothing created;
+runtime failures exit 1; a run and its resume through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import MINI_FLAGS, comparable, read_metrics, run_cli
+
+import winq
+
+
+@pytest.fixture
+def quantized_checkpoint(tmp_path_factory, fp_checkpoint):
+    model, tokenizer = winq.load(fp_checkpoint, bits=4)
+    path = tmp_path_factory.mktemp("q4") / "ckpt"
+    winq.save(model, path, tokenizer)
+    return path
+
+
+def snapshot(folder):
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size if p.is_file() else -1)
+        for p in folder.rglob("*")
+    )
+
+
+def bad_inputs(fp, q4, work):
+    """(name, args, expected text in the message)."""
+    (work / "a_file").write_text("x")
+    (work / "empty.txt").write_text("")
+    (work / "not_ckpt").mkdir()
+    (work / "busy").mkdir()
+    (work / "busy" / "notes.txt").write_text("mine")
+    (work / "broken_run").mkdir()
+    (work / "broken_run" / "config.json").write_text("{not json")
+    init = ["--init", str(fp)]
+    return [
+        ("unknown bits", ["--bits", "5"], "bits must be one of"),
+        ("bits not a number", ["--bits", "two"], "bits must be one of"),
+        ("quantizer unsupported", ["--bits", "1.58", "--quantizer", "lsq"], "supports bits"),
+        ("init missing", ["--init", str(work / "nope")], "no such checkpoint"),
+        ("init is a file", ["--init", str(work / "a_file")], "is a file"),
+        ("init not a checkpoint", ["--init", str(work / "not_ckpt")], "not a checkpoint"),
+        ("init wrong bit width", ["--init", str(q4), "--bits", "2"], "4-bit"),
+        ("data missing", [*init, "--data", str(work / "nope.txt")], "no such file"),
+        ("data empty", [*init, "--data", str(work / "empty.txt")], "empty"),
+        ("out not empty", [*init, "--out", str(work / "busy")], "not empty"),
+        ("out is a file", [*init, "--out", str(work / "a_file")], "is a file"),
+        ("negative period", ["--winq-period", "-3"], "positive integer"),
+        ("zero period", ["--winq-period", "0"], "positive integer"),
+        ("negative resets", ["--winq-resets", "-1"], ">= 0"),
+        ("negative steps", ["--steps", "-5"], "positive integer"),
+        ("negative guide period", ["--guide", "--guide-min-period", "-2"], ">= 0"),
+        ("alpha above 1", ["--winq-alpha", "1.5"], "[0, 1]"),
+        ("alpha below 0", ["--winq-alpha", "-0.1"], "[0, 1]"),
+        ("alpha auto without guide", ["--winq-alpha", "auto"], "needs --guide"),
+        ("guide with fixed resets", ["--guide", "--winq-resets", "2"], "--guide"),
+        ("resets and period", ["--winq-resets", "2", "--winq-period", "5"], "not both"),
+        ("winq on FP", ["--bits", "16", "--winq-resets", "2"], "needs QAT"),
+        ("lr not a number", ["--lr", "fast"], "expected float"),
+        ("warmup too long", [*init, *MINI_FLAGS, "--warmup", "50"], "--warmup"),
+        ("batch split", [*init, "--batch-size", "6", "--micro-batch-size", "4"], "multiple"),
+        ("seq longer than context", [*init, "--seq-len", "100000"], "context"),
+        ("tokenizer missing", [*init, "--tokenizer", str(work / "nope")], "no such"),
+        ("resume missing", ["--resume", str(work / "nope")], "no such run"),
+        ("resume corrupt config", ["--resume", str(work / "broken_run")], "corrupt config.json"),
+        ("unknown flag", ["--bitz", "2"], "unrecognized"),
+    ]
+
+
+def test_bad_inputs_one_line_exit_2_nothing_created(fp_checkpoint, quantized_checkpoint, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    cases = bad_inputs(fp_checkpoint, quantized_checkpoint, work)
+    before = snapshot(work)
+    failures = []
+    for name, args, expected in cases:
+        result = run_cli(args, cwd=work)
+        lines = result.stderr.strip().splitlines()
+        ok = (
+            result.returncode == 2
+            and len(lines) == 1
+            and lines[0].startswith("winq-train: error:")
+            and expected in lines[0]
+            and "Traceback" not in result.stderr
+            and snapshot(work) == before
+        )
+        if not ok:
+            failures.append(f"{name}: rc={result.returncode} stderr={result.stderr!r}")
+    assert not failures, "\n".join(failures)
+    assert len(cases) >= 30
+
+
+def test_cli_run_resume_conflicts_and_lock(fp_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    args = ["--init", str(fp_checkpoint), "--bits", "2", *MINI_FLAGS, "--save-every", "4"]
+    whole = run_cli([*args, "--out", str(tmp_path / "whole")], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    assert "held-out loss" in whole.stderr.splitlines()[-1]
+    cut = run_cli([*args, "--out", str(run)], cwd=tmp_path, WINQ_TRAIN_FAULT="9")
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr
+    assert len(cut.stderr.strip().splitlines()) == 1 and "non-finite" in cut.stderr
+    # flags that contradict the run's config.json are refused; agreeing ones are fine
+    conflict = run_cli(["--resume", str(run), "--steps", "99"], cwd=tmp_path)
+    assert conflict.returncode == 2 and "conflicts" in conflict.stderr
+    conflict = run_cli(["--resume", str(run), "--overwrite"], cwd=tmp_path)
+    assert conflict.returncode == 2 and "conflicts" in conflict.stderr
+    resumed = run_cli(["--resume", str(run), "--bits", "2", "--no-progress"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert comparable(read_metrics(run)) == comparable(read_metrics(tmp_path / "whole"))
+    assert json.loads((run / "config.json").read_text())["steps"] == 12
