@@ -237,6 +237,21 @@ def product_mode(
             module.training = training
 
 
+@contextlib.contextmanager
+def _differentiable(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad`` on ``params`` for a backward through cached graphs (autograd refuses
+    to differentiate w.r.t. a tensor whose flag is off, even if it was on when the graph was
+    recorded); the flags are restored afterwards."""
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 class _LossModule(nn.Module):
     """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can reparametrise it."""
 
@@ -559,7 +574,7 @@ class HessianOperator(Operator):
         context = (
             product_mode(shared.model, all_params, shared.attn_implementation)
             if need_forward
-            else contextlib.nullcontext()
+            else _differentiable(all_params)
         )
         with context:
             for b, batch in enumerate(shared.batches):

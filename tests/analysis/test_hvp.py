@@ -212,3 +212,14 @@ def test_bad_inputs():
         HessianOperator(
             tiny_llama(), [{"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": labels}]
         )
+
+
+def test_frozen_model_products_with_cached_graphs(exact_llama, llama_reference, generator):
+    model, batches, names = exact_llama
+    dense, _ = llama_reference
+    model.requires_grad_(False)  # a user who froze everything still gets products
+    op = HessianOperator(model, batches, params=names)
+    v = torch.randn(op.num_params, generator=generator, dtype=torch.float64)
+    for _ in range(2):  # the second product runs on the cached graphs only
+        assert relative_error(op @ v, dense @ v) < 1e-12
+    assert not any(p.requires_grad for p in model.parameters())
