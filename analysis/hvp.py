@@ -197,6 +197,15 @@ def _attention_configs(model: nn.Module) -> list:
     return configs
 
 
+def _restore_attention(config, impl) -> None:
+    """Put one config's attention setting back without touching its sub-configs (each is
+    restored from its own record)."""
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = impl
+    else:  # older transformers: a plain attribute
+        config._attn_implementation = impl
+
+
 @contextlib.contextmanager
 def product_mode(
     model: nn.Module,
@@ -230,7 +239,7 @@ def product_mode(
             yield
     finally:
         for config, impl in attention:
-            config._attn_implementation_internal = impl
+            _restore_attention(config, impl)
         for p, flag in flags:
             p.requires_grad_(flag)
         for module, training in modes:
@@ -424,6 +433,7 @@ class HessianOperator(Operator):
             {k: v for k, v in self.__dict__.items() if k not in ("num_matvecs", "_index")}
         )
         block._set_index([i for i, n in zip(self._index, self.param_names) if n in wanted])
+        block.params_spec = list(block.param_names)
         return block
 
     # -- public helpers
