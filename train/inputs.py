@@ -124,18 +124,19 @@ class TrainData:
 
     Args:
         train_blocks: ``(N, seq_len)`` token blocks of the training split.
-        eval_blocks: ``(M, seq_len)`` held-out blocks.
+        eval_blocks: ``(M, seq_len)`` held-out blocks (in :mod:`winq.data`'s fixed order).
         batch_size: sequences per update over all ranks and micro-batches.
         micro: sequences per forward on this rank.
         seed: the shuffling seed.
         rank, world_size: this process's place.
         eval_batches: held-out batches of ``batch_size`` sequences per evaluation.
 
-    Update ``k`` uses the global batch ``order[k·B : (k+1)·B]`` of a permutation of the
-    training blocks drawn from ``seed`` and the epoch; micro-step ``j`` of rank ``r`` takes the
-    ``(j·world_size + r)``-th slice of ``micro`` sequences of it. So the global batch of every
-    update does not depend on how it is split over ranks and micro-batches (what the DDP
-    equivalence test checks), and the position is just the number of batches drawn.
+    Training batches follow :mod:`winq.data`'s batch order: update ``k`` uses global batch
+    ``k`` of the permutation ``torch.Generator().manual_seed(seed * 1_000_003 + epoch)`` of
+    the blocks, rank ``r`` its contiguous share, cut here into micro-batches of ``micro`` for
+    gradient accumulation. The union over ranks and
+    micro-batches is the global batch, whatever the split (what the DDP equivalence test
+    checks); the iterator's position is the whole state.
     """
 
     def __init__(
@@ -149,51 +150,26 @@ class TrainData:
         world_size: int = 1,
         eval_batches: int = 8,
     ) -> None:
-        if train_blocks.shape[0] < batch_size:
-            raise UsageError(
-                f"the training data has {train_blocks.shape[0]} blocks of "
-                f"{train_blocks.shape[1]} tokens, fewer than --batch-size {batch_size}"
-            )
         if eval_blocks.shape[0] == 0:
             raise UsageError("the held-out split is empty")
-        self.train_blocks = train_blocks
-        self.batch_size = batch_size
+        self.batches = _Batches(train_blocks, batch_size, seed, rank, world_size)
         self.micro = micro
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.batches_per_epoch = train_blocks.shape[0] // batch_size
-        self.updates_drawn = 0
-        self._micro_index = 0
-        self._order: torch.Tensor | None = None
-        self._order_epoch = -1
+        self._pending: list[torch.Tensor] = []
         # held-out: the first eval_batches x batch_size blocks (the same set whatever the
         # number of ranks), in micro-batches dealt round-robin to the ranks
         held_out = eval_blocks[: eval_batches * batch_size]
         chunks = [held_out[i : i + micro] for i in range(0, held_out.shape[0], micro)]
         self.eval_batches = chunks[rank::world_size]
         self._eval_blocks = eval_blocks
-
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._order_epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = torch.randperm(self.train_blocks.shape[0], generator=generator)
-            self._order_epoch = epoch
-        return self._order
+        self.rank = rank
+        self.world_size = world_size
 
     def next_batch(self) -> torch.Tensor:
         """This rank's next micro-batch ``(micro, seq_len)``."""
-        epoch, index = divmod(self.updates_drawn, self.batches_per_epoch)
-        order = self._epoch_order(epoch)
-        start = (
-            index * self.batch_size + (self._micro_index * self.world_size + self.rank) * self.micro
-        )
-        batch = self.train_blocks[order[start : start + self.micro]]
-        self._micro_index += 1
-        if self._micro_index * self.world_size * self.micro >= self.batch_size:
-            self._micro_index = 0
-            self.updates_drawn += 1
-        return batch
+        if not self._pending:
+            share = next(self.batches)["input_ids"]  # (batch_size / world_size, seq_len)
+            self._pending = list(share.split(self.micro))
+        return self._pending.pop(0)
 
     def probe_batches(self, sequences: int) -> list[dict[str, torch.Tensor]]:
         """The controller's fixed probe batch (the last held-out blocks), this rank's share.
@@ -208,30 +184,92 @@ class TrainData:
         return [{"input_ids": blocks}]
 
     def state_dict(self) -> dict[str, int]:
-        return {"updates_drawn": self.updates_drawn, "micro_index": self._micro_index}
+        if self._pending:
+            raise RuntimeError("the data position is saved between updates only")
+        return self.batches.state_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.updates_drawn = int(state["updates_drawn"])
-        self._micro_index = int(state["micro_index"])
+        self.batches.load_state_dict(state)
+        self._pending = []
+
+
+class _Batches:
+    """The global-batch order of :class:`winq.data.BatchIterator` (same formula, same
+    ``state_dict``): global batch ``index`` of epoch ``epoch`` is ``order[index·B:(index+1)·B]``
+    of the epoch's seeded permutation; rank ``r`` takes the contiguous slice
+    ``[r·B/W, (r+1)·B/W)``; the incomplete last batch of an epoch is dropped."""
+
+    def __init__(
+        self, blocks: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int
+    ):
+        from winq.data import DataError
+
+        if blocks.shape[0] < batch_size:
+            raise DataError(
+                f"the data has {blocks.shape[0]} blocks of {blocks.shape[1]} tokens, "
+                f"fewer than one batch of {batch_size}"
+            )
+        self.blocks = blocks
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.batches_per_epoch = blocks.shape[0] // batch_size
+        self.epoch = self.index = 0
+        self._order_epoch, self._order = -1, None
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._order_epoch != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order = torch.randperm(self.blocks.shape[0], generator=generator)
+            self._order_epoch = self.epoch
+        share = self.batch_size // self.world_size
+        start = self.index * self.batch_size + self.rank * share
+        input_ids = self.blocks[self._order[start : start + share]]  # (B / W, seq_len)
+        self.index += 1
+        if self.index == self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        return {"input_ids": input_ids}
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_blocks": int(self.blocks.shape[0]),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key, mine in (("seed", self.seed), ("batch_size", self.batch_size),
+                          ("num_blocks", int(self.blocks.shape[0]))):  # fmt: skip
+            if int(state[key]) != mine:
+                raise ValueError(
+                    f"cannot resume: the saved batch order has {key} {state[key]}, this one {mine}"
+                )
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 def build_data(
     config: TrainConfig, tokenizer: Any, dist, micro: int, model: nn.Module | None = None
 ) -> TrainData:
-    """Tokenize and pack the run's data (default: the embedded corpus) into a TrainData."""
+    """Tokenize and pack the run's data (default: the embedded corpus) into a TrainData.
+
+    Raises:
+        winq.data.DataError: a missing or malformed source, too little text, ``--seq-len``
+            beyond the model's context (exit code 2 at the command line).
+    """
     from winq import data as wdata
 
-    if model is not None:
-        limit = _max_positions(getattr(model, "config", None))
-        if limit is not None and config.seq_len > limit:
-            raise UsageError(f"--seq-len {config.seq_len} exceeds the model's context of {limit}")
+    limit = _max_positions(getattr(model, "config", None)) if model is not None else None
     train_blocks, eval_blocks = wdata.train_and_heldout_blocks(
         config.data,
         tokenizer,
         config.seq_len,
         data_config=config.data_config,
         text_field=config.text_field,
-        streaming=config.streaming,
+        streaming=config.streaming or None,
+        max_positions=limit,
         seed=config.seed,
     )
     return TrainData(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-RUNNER = HERE / "runner.py"
 
 # a miniature run: a few updates of 4 sequences of 16 tokens
 MINI = {
@@ -60,9 +59,9 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, **extra_env: str):
-    """``winq-train ARGS`` in a subprocess (through the test runner)."""
+    """``winq-train ARGS`` in a subprocess (``python -m winq.train.cli``)."""
     return subprocess.run(
-        [sys.executable, str(RUNNER), *args],
+        [sys.executable, "-m", "winq.train.cli", *args],
         cwd=cwd,
         env=env(**extra_env),
         capture_output=True,

@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from helpers import MINI_FLAGS, RUNNER, env, read_metrics, run_cli
+from helpers import MINI_FLAGS, env, read_metrics, run_cli
 
 # Two processes sum their halves of the batch in a different order than one process sums the
-# whole: float32 losses agree to a few ulps per step, and the drift over 12 updates stays far
-# below this tolerance (measured: < 3e-7 absolute).
-TOLERANCE = 1e-5
+# whole, so float32 results differ in the last bits and the difference grows a little as
+# training goes on (a latent weight near a rounding boundary may land on the other level).
+# Measured on this miniature run (tiny preset, 12 updates, lr 3e-3): losses within 1.2e-5
+# relative, gradient norms within 2e-4. Stated tolerances, with margin:
+LOSS_RTOL = 5e-5
+GRAD_NORM_RTOL = 1e-3
 
 
 def free_port() -> int:
@@ -33,7 +36,7 @@ def test_two_gloo_processes_match_one(fp_checkpoint, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(RUNNER), *args, "--out", str(tmp_path / "two"),
+        "-m", "winq.train.cli", *args, "--out", str(tmp_path / "two"),
     ]  # fmt: skip
     two = subprocess.run(
         command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
@@ -47,15 +50,17 @@ def test_two_gloo_processes_match_one(fp_checkpoint, tmp_path):
     compared = 0
     for x, y in zip(a, b):
         assert x["step"] == y["step"]
-        for key in ("loss", "eval_loss", "grad_norm", "lr", "tokens"):
+        for key, rtol in (("loss", LOSS_RTOL), ("eval_loss", LOSS_RTOL),
+                          ("grad_norm", GRAD_NORM_RTOL), ("lr", 0), ("tokens", 0)):  # fmt: skip
             if key in x:
-                assert y[key] == pytest.approx(x[key], abs=TOLERANCE, rel=TOLERANCE), (x, y)
+                assert y[key] == pytest.approx(x[key], rel=rtol, abs=0), (key, x, y)
                 compared += 1
         if "reset" in x:
             assert x["reset"] == y["reset"]
-        if "diagnostics" in x:
+        if "diagnostics" in x:  # the probe batch split over ranks, products all-reduced;
+            # 6 Lanczos steps amplify last-bit differences of the weights (measured: 1.5e-3)
             for key in ("lambda_max", "clipped_fraction"):
-                assert y["diagnostics"][key] == pytest.approx(x["diagnostics"][key], rel=1e-4)
+                assert y["diagnostics"][key] == pytest.approx(x["diagnostics"][key], rel=1e-2)
     assert compared > 40
     # rank 0 alone wrote: one checkpoint set, one metrics file, resumable
     steps = sorted(p.name for p in (tmp_path / "two" / "checkpoints").glob("step_*"))

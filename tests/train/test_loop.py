@@ -30,8 +30,8 @@ def test_loss_decreases_on_a_fixed_batch(fp_checkpoint, tmp_path, monkeypatch):
 
     def one_batch(cfg, tokenizer, dist, micro, model=None):
         data = build(cfg, tokenizer, dist, micro, model)
-        data.train_blocks = data.train_blocks[: cfg.batch_size]  # every update sees this batch
-        data.batches_per_epoch = 1
+        data.batches.blocks = data.batches.blocks[: cfg.batch_size]  # every update: this batch
+        data.batches.batches_per_epoch = 1
         return data
 
     monkeypatch.setattr(inputs, "build_data", one_batch)
