@@ -196,13 +196,13 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="measure and log diagnostics only (baseline or fixed runs)",
     )
-    g.add_argument("--guide-every", type=positive_int, help="measure every K updates (T/25)")
-    g.add_argument("--guide-steps", type=positive_int, help="Lanczos steps per measurement (12)")
+    g.add_argument("--guide-every", type=positive_int, help="measure every K updates (T/10)")
+    g.add_argument("--guide-steps", type=positive_int, help="Lanczos steps per measurement (8)")
     g.add_argument("--guide-params", help="'linear', 'all' or a regex on parameter names (linear)")
     g.add_argument(
         "--guide-batch-size",
         type=positive_int,
-        help="held-out sequences in the fixed probe batch (2)",
+        help="held-out sequences in the fixed probe batch (1)",
     )
     g.add_argument(
         "--guide-eps", type=positive_float, help="near-zero threshold / lambda_max (1e-3)"
@@ -218,17 +218,17 @@ def build_parser() -> ArgumentParser:
     g.add_argument(
         "--guide-clip-growth",
         type=optional_positive,
-        help="clipped-fraction rise that triggers a reset, or 'off' (0.02)",
+        help="clipped-fraction rise that triggers a reset, or 'off' (0.01)",
     )
     g.add_argument(
         "--guide-flat-growth",
         type=optional_positive,
-        help="near-zero-mass rise that triggers a reset, or 'off' (0.05)",
+        help="near-zero-mass rise that triggers a reset, or 'off' (off)",
     )
     g.add_argument(
         "--guide-shrink",
         type=shrink_factor,
-        help="|lambda|max fall factor that triggers a reset, or 'off' (1.5)",
+        help="|lambda|max fall factor that triggers a reset, or 'off' (2)",
     )
     g.add_argument(
         "--guide-lr-floor",
@@ -236,7 +236,16 @@ def build_parser() -> ArgumentParser:
         help="refuse resets once lr < this x peak after warm-up (0.25)",
     )
     g.add_argument(
-        "--guide-alpha-candidates", type=alpha_list, help="for --winq-alpha auto (0,0.2,0.4,0.6)"
+        "--guide-alpha-by",
+        choices=("abs_lambda_max", "clipped_fraction", "near_zero_mass"),
+        help="how --winq-alpha auto chooses: the gentlest alpha reaching 90%% of the best "
+        "|lambda|max rise (or clipped-fraction fall), or the smallest near-zero mass "
+        "(abs_lambda_max)",
+    )
+    g.add_argument(
+        "--guide-alpha-candidates",
+        type=alpha_list,
+        help="for --winq-alpha auto (0,0.2,0.4,0.6,0.8)",
     )
 
     g = p.add_argument_group("run folder")

@@ -8,7 +8,7 @@ resolved config is what ``RUN/config.json`` holds (:meth:`to_json`), and what ``
 reads back, so a resumed run is configured exactly as the original.
 
 Defaults that depend on the run's length are relative to it: with ``T = steps``, evaluation
-every ``T/10`` steps, checkpoints every ``T/4``, controller measurements every ``T/25``,
+every ``T/10`` steps, checkpoints every ``T/4``, controller measurements every ``T/10``,
 min period ``T/8`` and max period ``T/2`` between guided resets.
 
 Weight decay (``--weight-decay``, default 0, as in the WinQ/ParetoQ reference runs) applies
@@ -37,7 +37,8 @@ RESET_SCALES = ("keep", "freeze", "reinit")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_NOISE_SIGMA = 1e-3  # the paper's σ, on by default in WinQ runs only
-DEFAULT_ALPHA_CANDIDATES = (0.0, 0.2, 0.4, 0.6)
+DEFAULT_ALPHA_CANDIDATES = (0.0, 0.2, 0.4, 0.6, 0.8)
+ALPHA_CRITERIA = ("abs_lambda_max", "clipped_fraction", "near_zero_mass")  # --guide-alpha-by
 
 # fields that may differ between a run and its --resume (they do not change the computation)
 OPERATIONAL = frozenset({"progress", "keep_last", "skip_nonfinite"})
@@ -101,16 +102,17 @@ class TrainConfig:
     guide: bool = False
     guide_monitor: bool = False
     guide_every: int | None = None
-    guide_steps: int = 12
+    guide_steps: int = 8
     guide_params: str = "linear"
-    guide_batch_size: int = 2
+    guide_batch_size: int = 1
     guide_eps: float = 1e-3
     guide_min_period: int | None = None
     guide_max_period: int | None = None
-    guide_clip_growth: float | None = 0.02
-    guide_flat_growth: float | None = 0.05
-    guide_shrink: float | None = 1.5
+    guide_clip_growth: float | None = 0.01
+    guide_flat_growth: float | None = None
+    guide_shrink: float | None = 2.0
     guide_lr_floor: float = 0.25
+    guide_alpha_by: str = "abs_lambda_max"
     guide_alpha_candidates: tuple[float, ...] = DEFAULT_ALPHA_CANDIDATES
     # run folder
     out: str | None = None
@@ -215,6 +217,8 @@ class TrainConfig:
         for value in self.guide_alpha_candidates:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--guide-alpha-candidates must lie in [0, 1], got {value}")
+        if self.guide_alpha_by not in ALPHA_CRITERIA:
+            raise ValueError(f"--guide-alpha-by must be one of {', '.join(ALPHA_CRITERIA)}")
         if not self.guide_alpha_candidates:
             raise ValueError("--guide-alpha-candidates needs at least one value")
         if self.min_lr_ratio < 0 or self.min_lr_ratio > 1:
@@ -254,7 +258,7 @@ class TrainConfig:
             self.save_every = max(1, total // 4)
         if self.guide or self.guide_monitor:
             if self.guide_every is None:
-                self.guide_every = max(1, total // 25)
+                self.guide_every = max(1, total // 10)
             if self.guide_min_period is None:
                 self.guide_min_period = max(1, total // 8)
             if self.guide_max_period is None:
@@ -353,6 +357,7 @@ class TrainConfig:
                     "shrink": self.guide_shrink,
                     "lr_floor": self.guide_lr_floor,
                     "alpha_candidates": list(self.guide_alpha_candidates),
+                    "alpha_by": self.guide_alpha_by,
                 }
         return {
             "format_version": 1,

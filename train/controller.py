@@ -17,26 +17,48 @@ Every ``--guide-every`` steps the controller measures, on one fixed held-out pro
 The same probe vector and batch are used for every measurement (common random numbers), so
 successive measurements differ because the weights moved, not because the probe did.
 
+**What can be measured at this cost** (tiny preset, 2-bit, 300 updates, BENCHMARKS.md): with
+8–16 Lanczos nodes from one probe, :math:`\lambda_{\max}` is already converged (the same to 4
+digits as with 30 nodes), but nearly all the quadrature weight (0.93–0.99) sits on a single
+node within 1e-2·λmax of zero, which lands on either side of 1e-3·λmax (and of 0) from one
+measurement to the next: the near-zero mass read 0.98, 0, 0.97, 0, ... and the negative mass
+0.01, 0.99, ... on consecutive measurements of one run. They are logged, with the mass at
+several thresholds and the quadrature's resolution near zero, but do not drive decisions by
+default. The clipped fraction grew steadily (0.7% → 3.0%, flattening as the learning rate
+decayed), and a trial reset's effect on :math:`|\lambda|_{\max}` is monotone in α.
+
 **The rule** (:func:`decide`). The reference is the measurement just after the last reset
 (or at step 0). A reset is due when, since then,
 
-* the clipped fraction grew by at least ``clip_growth`` (absolute), or
-* the near-zero mass grew by at least ``flat_growth`` (absolute), or
-* :math:`|\lambda|_{\max}` shrank by at least the factor ``shrink``,
+* the clipped fraction grew by at least ``clip_growth`` (absolute; default 0.01), or
+* :math:`|\lambda|_{\max}` shrank by at least the factor ``shrink`` (default 2), or
+* the near-zero mass grew by at least ``flat_growth`` (absolute; off by default, see above),
 
-but only once ``min_period`` steps have passed since the last reset; after ``max_period``
-steps a reset is due whatever was measured. A due reset is *refused* once warm-up is over
-and the learning rate has decayed below ``lr_floor`` of its peak: FINDINGS found resets late
-in a decaying schedule hurt (latents collapse onto the grid, level flips stop), and a run
-cannot recover from a late reset at a small learning rate. After the first refusal the
-controller stops measuring, since the learning rate only falls from there.
+but only once ``min_period`` steps have passed since the last reset (measurements before that
+are skipped: nothing could be decided); after ``max_period`` steps a reset is due whatever was
+measured. A due reset is *refused* once warm-up is over and the learning rate has decayed
+below ``lr_floor`` of its peak: FINDINGS found resets late in a decaying schedule hurt
+(latents collapse onto the grid, level flips stop). After the first refusal the controller
+stops measuring, since the learning rate only falls from there.
 
-**α** is fixed (``--winq-alpha A``) or chosen (``--winq-alpha auto``) among candidates by
-a trial reset at each: the latent weights are copied, reset with that α, measured, and
-restored exactly. A reset leaves Q(W) — hence the loss and the scales — unchanged, so a trial
-costs only the measurement. The candidate with the smallest near-zero mass wins (ties, to
-1e-3: the larger α, i.e. the gentler reset). The chosen candidate's measurement is
-bit-for-bit what the real reset gives, so it becomes the new reference.
+**α** is fixed (``--winq-alpha A``) or chosen (``--winq-alpha auto``) among candidates by a
+trial reset at each: the latent weights are copied, reset with that α, measured, and restored
+exactly. A reset leaves Q(W) — hence the loss and the scales — unchanged and changes the
+Hessian only through the clip mask, so a trial costs only the measurement. The criterion
+(``alpha_by``):
+
+* ``"abs_lambda_max"`` (default): a stronger reset (smaller α) un-clips more weights and raises
+  :math:`|\lambda|_{\max}` monotonically, with diminishing returns; take the *gentlest*
+  candidate (largest α) that achieves at least ``alpha_gain`` (0.9) of the largest rise over
+  the pre-reset value among the candidates. If no candidate raises it (1-bit LSQ: a reset
+  cannot un-clip anything), the gentlest candidate.
+* ``"clipped_fraction"``: the same rule on the fall of the clipped fraction (exact, but blind
+  to the curvature).
+* ``"near_zero_mass"``: the smallest near-zero mass (ties within 1e-3 to the larger α) —
+  the criterion of the paper's α sweep, meaningful only with enough Lanczos steps.
+
+The chosen candidate's measurement is bit-for-bit what the real reset gives, so it becomes the
+new reference.
 """
 
 from __future__ import annotations
@@ -51,7 +73,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from winq.train.config import ALPHA_CRITERIA
+
 __all__ = [
+    "ALPHA_CRITERIA",
     "DIAGNOSTIC_KEYS",
     "Controller",
     "Decision",
@@ -88,14 +113,18 @@ class GuideRule:
         flat_growth: rise in near-zero mass (absolute) that triggers a reset (None: off).
         shrink: factor by which |λ|max must fall to trigger a reset (None: off).
         lr_floor: refuse resets after warm-up once lr < lr_floor · peak lr.
+        alpha_by: criterion of ``--winq-alpha auto`` (see the module docstring).
+        alpha_gain: fraction of the best candidate's gain the chosen (gentlest) one must reach.
     """
 
     min_period: int = 1
     max_period: int | None = None
-    clip_growth: float | None = 0.02
-    flat_growth: float | None = 0.05
-    shrink: float | None = 1.5
+    clip_growth: float | None = 0.01
+    flat_growth: float | None = None
+    shrink: float | None = 2.0
     lr_floor: float = 0.25
+    alpha_by: str = "abs_lambda_max"
+    alpha_gain: float = 0.9
 
 
 @dataclass
@@ -168,22 +197,45 @@ def decide(
     return Decision("reset", "; ".join(triggers), triggers)
 
 
-def choose_alpha(candidates: dict[float, dict[str, Any]]) -> float:
-    """The candidate α whose trial reset gives the smallest near-zero mass.
+def choose_alpha(
+    candidates: dict[float, dict[str, Any]],
+    before: dict[str, Any] | None = None,
+    by: str = "abs_lambda_max",
+    gain: float = 0.9,
+) -> float:
+    """The α to reset with, from trial measurements (see the module docstring).
 
-    Ties (within 1e-3) go to the larger α; candidates without a finite near-zero mass lose.
+    Args:
+        candidates: trial measurements by candidate α.
+        before: the measurement without a reset (α = 1); needed by the gain criteria.
+        by: ``"abs_lambda_max"`` (rise), ``"clipped_fraction"`` (fall) or ``"near_zero_mass"``.
+        gain: the share of the best candidate's gain the chosen one must reach.
 
     Raises:
-        ValueError: no candidates.
+        ValueError: no candidates, or an unknown criterion.
     """
     if not candidates:
         raise ValueError("no alpha candidates")
+    if by not in ALPHA_CRITERIA:
+        raise ValueError(f"alpha criterion must be one of {', '.join(ALPHA_CRITERIA)}, got {by!r}")
+    if by == "near_zero_mass":
 
-    def key(alpha: float) -> tuple[float, float]:
-        mass = _num(candidates[alpha].get("near_zero_mass"))
-        return (math.inf if mass is None else round(mass / TIE_TOLERANCE), -alpha)
+        def key(alpha: float) -> tuple[float, float]:
+            mass = _num(candidates[alpha].get("near_zero_mass"))
+            return (math.inf if mass is None else round(mass / TIE_TOLERANCE), -alpha)
 
-    return min(candidates, key=key)
+        return min(candidates, key=key)
+    sign = 1.0 if by == "abs_lambda_max" else -1.0
+    start = _num((before or {}).get(by))
+    gains = {}
+    for alpha, measured in candidates.items():
+        value = _num(measured.get(by))
+        if value is not None and start is not None:
+            gains[alpha] = sign * (value - start)
+    best = max(gains.values(), default=0.0)
+    if best <= 0:
+        return max(candidates)
+    return max(alpha for alpha, g in gains.items() if g >= gain * best)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +263,16 @@ def spectral_summary(nodes, weights, eps: float, mask=None) -> dict[str, float]:
         "near_zero_mass": d.near_zero_mass(nodes, weights, mask, eps=eps, relative=True),
         "negative_mass": d.negative_mass(nodes, weights, mask),
         "near_zero_eps": eps,
+        # the same mass at other thresholds, and the quadrature's resolution near zero (the
+        # width of the cell of the node nearest zero, relative to λmax): with few Lanczos
+        # nodes the mass at a small ε is all-or-nothing, so read it beside these
+        "near_zero_mass_by_eps": {
+            f"{e:g}": d.near_zero_mass(nodes, weights, mask, eps=e, relative=True)
+            for e in (1e-4, 1e-3, 1e-2, 1e-1)
+        },
+        "near_zero_resolution": d.near_zero_resolution(nodes, weights, mask) / top
+        if top > 0
+        else None,
     }
 
 
@@ -298,7 +360,7 @@ class Controller:
         rule: GuideRule,
         measure: Measure,
         alpha: float | None = 0.2,
-        alpha_candidates: Sequence[float] = (0.0, 0.2, 0.4, 0.6),
+        alpha_candidates: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
     ) -> None:
         self.rule = rule
         self.measure = measure
@@ -381,8 +443,12 @@ class Controller:
                 candidates[alpha] = self._measure(model)
         return candidates
 
-    def pick_alpha(self, candidates: dict[float, dict[str, Any]]) -> float:
-        return choose_alpha(candidates) if self.alpha is None else self.alpha
+    def pick_alpha(
+        self, candidates: dict[float, dict[str, Any]], before: dict[str, Any] | None
+    ) -> float:
+        if self.alpha is not None:
+            return self.alpha
+        return choose_alpha(candidates, before, self.rule.alpha_by, self.rule.alpha_gain)
 
     def step(
         self,
@@ -400,11 +466,13 @@ class Controller:
                 so ranks never diverge; all ranks must call this together).
 
         Returns:
-            ``(diagnostics, decision, alpha, candidates)``: diagnostics None when the controller
-            has stopped; ``alpha`` the α to reset with when the decision is ``"reset"``;
-            ``candidates`` the trial measurements by α (empty unless a reset was decided).
+            ``(diagnostics, decision, alpha, candidates)``: all None/empty when nothing was
+            measured (the controller has stopped, or fewer than ``min_period`` steps have
+            passed since the last reset, so no reset could be decided); ``alpha`` the α to
+            reset with when the decision is ``"reset"``; ``candidates`` the trial measurements
+            by α (empty unless a reset was decided).
         """
-        if self.stopped:
+        if self.stopped or step - self.last_reset_step < self.rule.min_period:
             return None, None, None, {}
         diagnostics = sync(self._measure(model))
         decision = sync(self.decide_now(diagnostics, step, lr_fraction, after_warmup))
@@ -412,7 +480,7 @@ class Controller:
         if decision.decision != "reset":
             return diagnostics, decision, None, {}
         candidates = sync(self.trials(model))
-        return diagnostics, decision, self.pick_alpha(candidates), candidates
+        return diagnostics, decision, self.pick_alpha(candidates, diagnostics), candidates
 
     def after_reset(self, step: int, measured: dict[str, Any]) -> None:
         """Record a reset at ``step`` whose post-reset measurement is ``measured``."""

@@ -324,6 +324,7 @@ def train(
                 flat_growth=config.guide_flat_growth,
                 shrink=config.guide_shrink,
                 lr_floor=config.guide_lr_floor,
+                alpha_by=config.guide_alpha_by,
             ),
             make_measure(
                 data.probe_batches(config.guide_batch_size),

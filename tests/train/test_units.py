@@ -135,13 +135,34 @@ def test_decide_switched_off_triggers_and_nonfinite_values():
     assert run_decide(now, diag()).decision == "wait"
 
 
-def test_choose_alpha_smallest_near_zero_mass_ties_to_larger_alpha():
-    assert choose_alpha({0.0: {"near_zero_mass": 0.6}, 0.2: {"near_zero_mass": 0.5}}) == 0.2
-    tie = {0.0: {"near_zero_mass": 0.5}, 0.4: {"near_zero_mass": 0.5002}}
-    assert choose_alpha(tie) == 0.4
-    assert choose_alpha({0.0: {"near_zero_mass": None}, 0.6: {"near_zero_mass": 0.9}}) == 0.6
+def test_choose_alpha_gentlest_reaching_most_of_the_gain():
+    # |lambda|max after trial resets, as measured (tiny, 2-bit): monotone in alpha
+    before = {"abs_lambda_max": 14.596, "clipped_fraction": 0.0300}
+    trials = {
+        0.8: {"abs_lambda_max": 14.698, "clipped_fraction": 0.0199},
+        0.6: {"abs_lambda_max": 14.833, "clipped_fraction": 0.0089},
+        0.4: {"abs_lambda_max": 14.942, "clipped_fraction": 0.0017},
+        0.2: {"abs_lambda_max": 14.986, "clipped_fraction": 0.0001},
+        0.0: {"abs_lambda_max": 14.988, "clipped_fraction": 0.0},
+    }
+    assert choose_alpha(trials, before) == 0.2  # 99% of the gain; 0.4 has 88%
+    assert choose_alpha(trials, before, gain=0.8) == 0.4
+    assert choose_alpha(trials, before, by="clipped_fraction") == 0.4  # 94% un-clipped
+    # nothing gained (1-bit LSQ cannot un-clip): the gentlest candidate
+    flat = {a: {"abs_lambda_max": 14.596} for a in (0.0, 0.2, 0.6)}
+    assert choose_alpha(flat, before) == 0.6
+    assert choose_alpha(trials, None) == 0.8  # no reference: nothing to compare, be gentle
+
+
+def test_choose_alpha_by_near_zero_mass_ties_to_larger_alpha():
+    by = "near_zero_mass"
+    assert choose_alpha({0.0: {by: 0.6}, 0.2: {by: 0.5}}, by=by) == 0.2
+    assert choose_alpha({0.0: {by: 0.5}, 0.4: {by: 0.5002}}, by=by) == 0.4
+    assert choose_alpha({0.0: {by: None}, 0.6: {by: 0.9}}, by=by) == 0.6
     with pytest.raises(ValueError):
         choose_alpha({})
+    with pytest.raises(ValueError):
+        choose_alpha({0.2: {}}, by="loss")
 
 
 def test_spectral_summary_masses():
@@ -202,7 +223,10 @@ def test_controller_resets_with_the_best_candidate_and_takes_its_reference():
         return {"near_zero_mass": distance, "clipped_fraction": winq.clipped_fraction(m)}
 
     controller = Controller(
-        GuideRule(min_period=0, max_period=1), measure, alpha=None, alpha_candidates=(0.0, 0.5)
+        GuideRule(min_period=0, max_period=1, alpha_by="near_zero_mass"),
+        measure,
+        alpha=None,
+        alpha_candidates=(0.0, 0.5),
     )
     controller.initial(model)
     _, decision, alpha, candidates = controller.step(model, 5, 1.0, True)
