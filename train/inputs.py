@@ -131,10 +131,9 @@ class TrainData:
         rank, world_size: this process's place.
         eval_batches: held-out batches of ``batch_size`` sequences per evaluation.
 
-    Training batches follow :mod:`winq.data`'s batch order: update ``k`` uses global batch
-    ``k`` of the permutation ``torch.Generator().manual_seed(seed * 1_000_003 + epoch)`` of
-    the blocks, rank ``r`` its contiguous share, cut here into micro-batches of ``micro`` for
-    gradient accumulation. The union over ranks and
+    Training batches come from :class:`winq.data.BatchIterator`: update ``k`` uses global
+    batch ``k`` of a seeded permutation of the blocks, rank ``r`` its contiguous share, cut
+    here into micro-batches of ``micro`` for gradient accumulation. The union over ranks and
     micro-batches is the global batch, whatever the split (what the DDP equivalence test
     checks); the iterator's position is the whole state.
     """
@@ -152,7 +151,11 @@ class TrainData:
     ) -> None:
         if eval_blocks.shape[0] == 0:
             raise UsageError("the held-out split is empty")
-        self.batches = _Batches(train_blocks, batch_size, seed, rank, world_size)
+        from winq.data import BatchIterator
+
+        self.batches = BatchIterator(
+            train_blocks, batch_size, seed, rank=rank, world_size=world_size
+        )
         self.micro = micro
         self._pending: list[torch.Tensor] = []
         # held-out: the first eval_batches x batch_size blocks (the same set whatever the
@@ -191,63 +194,6 @@ class TrainData:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batches.load_state_dict(state)
         self._pending = []
-
-
-class _Batches:
-    """The global-batch order of :class:`winq.data.BatchIterator` (same formula, same
-    ``state_dict``): global batch ``index`` of epoch ``epoch`` is ``order[index·B:(index+1)·B]``
-    of the epoch's seeded permutation; rank ``r`` takes the contiguous slice
-    ``[r·B/W, (r+1)·B/W)``; the incomplete last batch of an epoch is dropped."""
-
-    def __init__(
-        self, blocks: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int
-    ):
-        from winq.data import DataError
-
-        if blocks.shape[0] < batch_size:
-            raise DataError(
-                f"the data has {blocks.shape[0]} blocks of {blocks.shape[1]} tokens, "
-                f"fewer than one batch of {batch_size}"
-            )
-        self.blocks = blocks
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.batches_per_epoch = blocks.shape[0] // batch_size
-        self.epoch = self.index = 0
-        self._order_epoch, self._order = -1, None
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        if self._order_epoch != self.epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._order = torch.randperm(self.blocks.shape[0], generator=generator)
-            self._order_epoch = self.epoch
-        share = self.batch_size // self.world_size
-        start = self.index * self.batch_size + self.rank * share
-        input_ids = self.blocks[self._order[start : start + share]]  # (B / W, seq_len)
-        self.index += 1
-        if self.index == self.batches_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        return {"input_ids": input_ids}
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "index": self.index,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_blocks": int(self.blocks.shape[0]),
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for key, mine in (("seed", self.seed), ("batch_size", self.batch_size),
-                          ("num_blocks", int(self.blocks.shape[0]))):  # fmt: skip
-            if int(state[key]) != mine:
-                raise ValueError(
-                    f"cannot resume: the saved batch order has {key} {state[key]}, this one {mine}"
-                )
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 def build_data(

@@ -29,9 +29,11 @@ def test_loss_decreases_on_a_fixed_batch(fp_checkpoint, tmp_path, monkeypatch):
     build = inputs.build_data
 
     def one_batch(cfg, tokenizer, dist, micro, model=None):
+        from winq.data import BatchIterator
+
         data = build(cfg, tokenizer, dist, micro, model)
-        data.batches.blocks = data.batches.blocks[: cfg.batch_size]  # every update: this batch
-        data.batches.batches_per_epoch = 1
+        blocks = data.batches.blocks[: cfg.batch_size]  # every update sees this one batch
+        data.batches = BatchIterator(blocks, cfg.batch_size, cfg.seed)
         return data
 
     monkeypatch.setattr(inputs, "build_data", one_batch)
