@@ -171,6 +171,19 @@ def _run_is_empty(out: Path) -> bool:
     return not out.exists() or all(p.name == LOCK_FILE for p in out.iterdir())
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Temporary files and folders of writes a kill interrupted (``.name.XXXX.tmp``, and
+    ``.name.old.*`` of a replaced folder)."""
+    for folder in (out, out / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for leftover in [*folder.glob(".*.tmp"), *folder.glob(".*.old.*")]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def _clear_run(out: Path) -> None:
     for child in out.iterdir():
         if child.name == LOCK_FILE:
@@ -391,8 +404,9 @@ def train(
                         versions=_versions(),
                     ),
                 )
-            else:  # drop what a killed run logged after its last checkpoint
+            else:  # drop what a killed run logged or half-wrote after its last checkpoint
                 truncate_after(out / "metrics.jsonl", start_step if found else -1)
+                _remove_leftovers(out)
         distributed.barrier()
 
         # -- the loop ------------------------------------------------------------------------

@@ -268,3 +268,14 @@ def test_default_command_pretrains_the_cache_then_runs_qat(tmp_path, monkeypatch
     stamp = (target / "model.safetensors").stat().st_mtime_ns
     assert main(["--bits", "16", "--no-progress"]) == 0
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_user_text_file_with_the_preset_model(fp_checkpoint, tmp_path):
+    from winq import embedded
+
+    text = "\n".join(embedded.corpus_texts("heldout"))[:60_000]
+    (tmp_path / "mine.txt").write_text(text)
+    result = train(config(fp_checkpoint, tmp_path / "r", data=str(tmp_path / "mine.txt"), steps=4,
+                          warmup=1))  # fmt: skip
+    cfg = json.loads((result.out / "config.json").read_text())
+    assert cfg["data"].endswith("mine.txt") and result.eval_loss is not None
