@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PRESET ?= tiny
-OUT ?= runs/study-$(PRESET)
+OUT ?= runs/demo-$(PRESET)
 
 .PHONY: setup demo test lint bench clean
 
@@ -20,8 +20,16 @@ $(VENV)/.winq-installed: setup.cfg setup.py pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The pipeline on the embedded default: pre-train (cached) + 2-bit QAT with WinQ, the Hessian
+# spectrum of the final checkpoint, then the figures. Re-running resumes or redoes each part.
 demo: setup
-	$(BIN)/winq-reproduce --preset $(PRESET) --out $(OUT)
+	if [ -f $(OUT)/qat-2bit/config.json ]; then \
+	  $(BIN)/winq-train --resume $(OUT)/qat-2bit; \
+	else \
+	  $(BIN)/winq-train --preset $(PRESET) --bits 2 --out $(OUT)/qat-2bit; fi
+	$(BIN)/winq-spectrum --ckpt $(OUT)/qat-2bit/checkpoints/$$(cat $(OUT)/qat-2bit/checkpoints/final) \
+	  --probes 8 --steps 40 --out $(OUT)/qat-2bit/spectra/final --overwrite
+	$(BIN)/winq-plot $(OUT) --out $(OUT)/figures
 
 test: setup
 	$(BIN)/python -m pytest -q
