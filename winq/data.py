@@ -282,11 +282,10 @@ def _hf_documents(
         raise DataError(f"dataset '{name}' has no splits")
     train_name = "train" if "train" in splits else names[0]
     heldout_name = next((s for s in HF_HELDOUT_SPLITS if s in splits and s != train_name), None)
-    if split == "train" or heldout_name is not None:
-        own = train_name if split == "train" else heldout_name
-    else:
-        own = None
-    table = splits[own if own is not None else train_name]
+    # Without a held-out split of its own, both sides come from the hash split of the train
+    # split; with one, the train split is used whole.
+    own_split = heldout_name is not None
+    table = splits[heldout_name if own_split and split == "heldout" else train_name]
     columns = getattr(table, "column_names", None)
     if columns is not None and text_field not in columns:
         raise DataError(
@@ -306,9 +305,7 @@ def _hf_documents(
             if isinstance(value, str) and value.strip():
                 yield value
 
-    # Without a held-out split of its own, both sides are the hash split of the train split
-    # (when the dataset has one of its own, its train split is used whole).
-    if heldout_name is not None:
+    if own_split:
         return texts() if streaming else list(texts())
     return _split_documents(texts(), split, fraction, streaming)
 
