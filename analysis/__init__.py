@@ -12,6 +12,8 @@ code runs on a model's exact Hessian-vector products and on a dense matrix in th
 
 The estimator modules import nothing from ``winq`` but ``winq.io``; a quantized model's
 ``QuantLinear`` layers are recognised by duck typing (a ``quantized_weight`` method).
+:func:`measure_spectrum` (what ``winq-spectrum`` runs) is where they meet the core: it also
+records bits, quantizer and the clipped fraction of the selected latent weights.
 """
 
 from winq.analysis.blocks import group_parameters, per_block_slq
@@ -34,6 +36,7 @@ from winq.analysis.diagnostics import (
 )
 from winq.analysis.hvp import HessianOperator, causal_lm_loss, product_mode, select_parameters
 from winq.analysis.lanczos import LanczosResult, lanczos, lanczos_tridiagonal
+from winq.analysis.measure import measure_spectrum
 from winq.analysis.operator import DenseOperator, LinearOperator, Operator
 from winq.analysis.power import PowerIterationResult, power_iteration
 from winq.analysis.slq import slq
@@ -60,6 +63,8 @@ __all__ = [  # noqa: RUF022 (grouped by topic, not sorted)
     "group_parameters",
     "per_block_slq",
     "slq",
+    # one call: density + top-k + trace + quantization facts
+    "measure_spectrum",
     # trace
     "TraceResult",
     "hutchinson",

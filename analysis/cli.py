@@ -1,0 +1,507 @@
+"""``winq-spectrum``: the Hessian spectrum of a (quantized) causal LM checkpoint.
+
+Examples::
+
+    winq-spectrum                                 # the embedded tiny FP model, 2-bit
+    winq-spectrum --ckpt runs/w2/checkpoints/step_000600 --out spectra/w2
+    winq-spectrum --ckpt path/to/hf-model --bits 2 --per-layer --top-k 3 --trace 30
+    winq-spectrum --ckpt runs/w2/checkpoints/step_000600 --bits 1.58 --requantize
+    torchrun --nproc_per_node 2 -m winq.analysis.cli --ckpt CKPT --batches 4 --out spectra/x
+
+The loss is the token-weighted next-token cross-entropy over ``--batches`` batches of
+``--batch-size`` × ``--seq-len`` tokens of the data's held-out split (by default the embedded
+Shakespeare corpus's held-out plays). The Hessian is with respect to ``--params`` (default: the
+latent weights of every QuantLinear, the WinQ paper's choice); for a quantized checkpoint it is
+the Hessian through the straight-through estimator (DESIGN.md). Under ``torchrun`` every rank
+takes its share of the batches, products are all-reduced, and rank 0 writes the folder.
+
+Bad input — a missing or unreadable checkpoint, an unknown bit width, a width that differs
+from the checkpoint's without ``--requantize``, ``--steps 0``, a ``--params`` regex that
+selects nothing, a sequence longer than the model's context, too little data, an ``--out``
+that exists (without ``--overwrite``) or cannot be written — is one line on stderr with exit
+code 2, checked before the model is loaded where possible; failures while measuring exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from winq.cli import (
+    ArgumentParser,
+    UsageError,
+    guarded_main,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+
+__all__ = ["build_parser", "main", "run"]
+
+PROG = "winq-spectrum"
+BITS_CHOICES = ("1", "1.58", "2", "3", "4", "16")
+DTYPES = ("float32", "float64", "bfloat16")
+DEFAULT_PRESET = "tiny"
+DEFAULT_BITS = "2"  # for the embedded default (an FP checkpoint) when --bits is not given
+
+
+def bits_value(text: str) -> float | int:
+    from winq.config import parse_bits
+
+    try:
+        return parse_bits(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(BITS_CHOICES)}, got {text}"
+        ) from None
+
+
+def trace_samples(text: str) -> int:
+    value = nonnegative_int(text)
+    if 0 < value < 3:
+        raise argparse.ArgumentTypeError(f"Hutch++ needs at least 3 products (or 0), got {text}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    from winq.analysis.diagnostics import DEFAULT_SIGMA, DEFAULT_ZERO_EPS
+
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Hessian spectrum (SLQ density, extreme eigenvalues, trace, saddle-point "
+        "diagnostics) of a (quantized) causal LM checkpoint.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--ckpt", metavar="PATH",
+                       help="winq checkpoint or plain Hugging Face folder (default: the embedded "
+                       f"{DEFAULT_PRESET} FP model, pre-trained and cached on first use)")  # fmt: skip
+    model.add_argument("--bits", type=bits_value, metavar="B",
+                       help=f"{{{','.join(BITS_CHOICES)}}}; default: the checkpoint's own "
+                       f"(an FP checkpoint: 16; the embedded default: {DEFAULT_BITS})")  # fmt: skip
+    model.add_argument("--requantize", action="store_true",
+                       help="allow --bits to differ from a quantized checkpoint's (fresh scales)")  # fmt: skip
+    model.add_argument("--quantizer", choices=("lsq", "seq"),
+                       help="quantizer when quantizing on the fly (default: by bit width)")  # fmt: skip
+    model.add_argument(
+        "--tokenizer", metavar="PATH", help="tokenizer folder when the checkpoint has none"
+    )
+    model.add_argument("--trust-remote-code", action="store_true")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", metavar="PATH_OR_NAME",
+                      help="text, jsonl or parquet file, a folder of them, or a dataset name "
+                      "(default: the embedded corpus)")  # fmt: skip
+    data.add_argument("--data-config", metavar="NAME", help="dataset configuration name")
+    data.add_argument("--text-field", default="text", metavar="FIELD")
+    data.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                      help="which split of the data the loss is measured on (default: heldout)")  # fmt: skip
+    data.add_argument(
+        "--batches",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="batches in the loss (all ranks together; default 2)",
+    )
+    data.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
+    data.add_argument("--seq-len", type=positive_int, default=128, metavar="T")
+    est = parser.add_argument_group("estimators")
+    est.add_argument("--params", default="linear",
+                     help="'linear' (QuantLinear latent weights), 'all', a regex, or a comma list "
+                     "of parameter names")  # fmt: skip
+    est.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also one spectrum per transformer block and per module kind",
+    )
+    est.add_argument("--probes", type=positive_int, default=8, metavar="P")
+    est.add_argument(
+        "--steps",
+        type=positive_int,
+        default=60,
+        metavar="M",
+        help="Lanczos steps per probe (default 60)",
+    )
+    est.add_argument("--reorth", choices=("none", "full"), default="none")
+    est.add_argument(
+        "--top-k",
+        type=nonnegative_int,
+        default=0,
+        metavar="K",
+        help="eigenvalues of largest magnitude by full-reorth Lanczos (0: skip)",
+    )
+    est.add_argument(
+        "--trace",
+        type=trace_samples,
+        default=0,
+        metavar="N",
+        help="Hutch++ products for the trace (0: the SLQ estimate)",
+    )
+    est.add_argument("--backend", choices=("double_backward", "func"), default="double_backward")
+    est.add_argument("--eps", type=positive_float, default=DEFAULT_ZERO_EPS,
+                     help=f"near-zero threshold on |λ| (default {DEFAULT_ZERO_EPS})")  # fmt: skip
+    est.add_argument(
+        "--relative-eps", action="store_true", help="the threshold is eps·λmax instead of absolute"
+    )
+    est.add_argument("--sigma", type=positive_float, default=DEFAULT_SIGMA,
+                     help=f"Gaussian broadening of the saved density (default {DEFAULT_SIGMA})")  # fmt: skip
+    est.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto: CUDA if available")  # fmt: skip
+    run.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weights and products (default float32)"
+    )
+    run.add_argument(
+        "--out", metavar="DIR", help="spectrum folder (default: spectra/<checkpoint name>)"
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    run.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# checks that need no model
+
+
+def _params_spec(text: str) -> str | list[str]:
+    text = text.strip()
+    if not text:
+        raise UsageError("--params is empty: give 'linear', 'all', a regex or a list of names")
+    if text in ("linear", "all"):
+        return text
+    if "," in text:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise UsageError(f"--params {text!r} is not a valid regular expression: {e}") from None
+    return text
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+        if any(out.iterdir()):
+            if not (out / "spectrum.json").is_file():
+                raise UsageError(
+                    f"--out {str(out)!r} is a non-empty folder that is not a spectrum folder; "
+                    "choose another"
+                )
+            if not overwrite:
+                raise UsageError(f"--out {str(out)!r} already holds a spectrum; pass --overwrite")
+    parent = _nearest_existing(out.parent)
+    if not parent.is_dir():
+        raise UsageError(f"--out {str(out)!r}: {str(parent)!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r} is not writable ({str(parent)!r} is read-only)")
+
+
+def _check_ckpt(path: Path) -> None:
+    if not path.exists():
+        raise UsageError(f"--ckpt {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"--ckpt {str(path)!r} is a file; expected a checkpoint folder")
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--ckpt {str(path)!r} is not a checkpoint (no config.json)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise UsageError(f"--ckpt {str(path)!r} is not readable")
+
+
+def _step_and_run(path: Path) -> tuple[int | None, str | None]:
+    """A trainer checkpoint is ``RUN/checkpoints/step_NNNNNN``: its step and run folder."""
+    match = re.fullmatch(r"step_(\d+)", path.name)
+    if match is None:
+        return None, None
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    return int(match.group(1)), (str(run) if run is not None else None)
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def _default_checkpoint(progress: bool, dist) -> Path:
+    from winq import embedded
+
+    target = Path(embedded.default_checkpoint_path(DEFAULT_PRESET))
+    if (target / "config.json").is_file():
+        return target
+    from winq.train.pipeline import ensure_fp_checkpoint
+
+    if dist.is_main:
+        print(f"{PROG}: the embedded {DEFAULT_PRESET} FP model is not cached yet; "
+              "pre-training it first (a few minutes, once)", file=sys.stderr, flush=True)  # fmt: skip
+    return ensure_fp_checkpoint(DEFAULT_PRESET, dist, progress=progress)
+
+
+def _load_tokenizer(args: argparse.Namespace, tokenizer: Any, ckpt: Path, default: bool):
+    if args.tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        from winq.checkpoint import quiet_transformers
+
+        if not Path(args.tokenizer).is_dir():
+            raise UsageError(f"--tokenizer {args.tokenizer!r} is not a folder")
+        with quiet_transformers():
+            try:
+                return AutoTokenizer.from_pretrained(
+                    args.tokenizer, trust_remote_code=args.trust_remote_code
+                )
+            except (OSError, ValueError) as e:
+                raise UsageError(
+                    f"--tokenizer {args.tokenizer!r}: {str(e).splitlines()[0]}"
+                ) from None
+    if tokenizer is not None:
+        return tokenizer
+    if default:
+        from winq import embedded
+
+        return embedded.tokenizer()
+    raise UsageError(f"--ckpt {str(ckpt)!r} has no tokenizer; pass --tokenizer PATH")
+
+
+def _batches(args, tokenizer, model, rank: int, world: int) -> tuple[list[dict], int]:
+    """This rank's batches (round-robin share) and the total token count asked for."""
+    from winq.data import lm_blocks
+
+    if args.batches < world:
+        raise UsageError(f"--batches {args.batches} is fewer than the {world} processes")
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    need = args.batches * args.batch_size
+    blocks = lm_blocks(
+        args.data,
+        tokenizer,
+        args.seq_len,
+        split=args.split,
+        max_tokens=need * args.seq_len + 1,
+        data_config=args.data_config,
+        text_field=args.text_field,
+        max_positions=max_positions,
+    )
+    if blocks.shape[0] < need:
+        raise UsageError(
+            f"the {args.split} split of the data has {blocks.shape[0]} blocks of {args.seq_len} "
+            f"tokens; --batches {args.batches} x --batch-size {args.batch_size} needs {need}"
+        )
+    vocab = model.get_input_embeddings().num_embeddings
+    if int(blocks.max()) >= vocab:
+        raise UsageError(
+            f"the tokenizer produces token id {int(blocks.max())} but the model's vocabulary "
+            f"has {vocab} entries: pass the checkpoint's own tokenizer"
+        )
+    batches = [
+        {"input_ids": blocks[i * args.batch_size : (i + 1) * args.batch_size]}
+        for i in range(rank, args.batches, world)
+    ]
+    return batches, need * args.seq_len
+
+
+def _format_summary(summary: dict, metadata: dict, out: Path | None) -> str:
+    def num(value, spec=".6g") -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return format(value, spec)
+
+    bits = metadata.get("bits")
+    clipped = summary.get("clipped_fraction")
+    rows = [
+        ("checkpoint", str(metadata.get("checkpoint"))),
+        ("bits", f"{bits} ({metadata.get('quantizer')})" if bits != 16 else "16 (full precision)"),
+        ("parameters", f"{metadata.get('num_params'):,} ({metadata.get('params')})"),
+        ("tokens", f"{metadata.get('tokens')}"),
+        (
+            "probes x steps",
+            f"{metadata.get('probes')} x {metadata.get('lanczos_steps')} "
+            f"(reorth {metadata.get('reorth')})",
+        ),
+        ("lambda_max", num(summary.get("lambda_max"))),
+        ("lambda_min", num(summary.get("lambda_min"))),
+        ("|lambda_min|/lambda_max", num(summary.get("abs_ratio"), ".4g")),
+        (
+            "trace",
+            f"{num(summary.get('trace'))} ± {num(summary.get('trace_stderr'), '.3g')} "
+            f"({summary.get('trace_method')})",
+        ),
+        (
+            f"near-zero mass (|λ| < {summary.get('near_zero_threshold'):.3g})",
+            num(summary.get("near_zero_mass"), ".4f"),
+        ),
+        ("negative mass", num(summary.get("negative_mass"), ".4f")),
+        ("clipped fraction", "n/a (full precision)" if clipped is None else f"{clipped:.4f}"),
+    ]
+    top = summary.get("top_eigenvalues")
+    if top:
+        rows.append(("top eigenvalues", ", ".join(num(v) for v in top)))
+    rows.append(("wall seconds", num(metadata.get("wall_seconds"), ".1f")))
+    if out is not None:
+        rows.append(("written to", str(out)))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _block_lines(spectrum) -> str:
+    lines = [f"{'block':<16} {'params':>10} {'lambda_max':>12} {'lambda_min':>12} "
+             f"{'near-zero':>10} {'negative':>9} {'clipped':>8}"]  # fmt: skip
+    for name, block in spectrum.blocks.items():
+        s = block.summary()
+        clipped = block.metadata.get("clipped_fraction")
+        lines.append(
+            f"{name:<16} {block.num_params:>10,} {s['lambda_max']:>12.5g} {s['lambda_min']:>12.5g} "
+            f"{s['near_zero_mass']:>10.4f} {s['negative_mass']:>9.4f} "
+            f"{'n/a' if clipped is None else format(clipped, '.4f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    params = _params_spec(args.params)
+    ckpt = None if args.ckpt is None else Path(args.ckpt)
+    if ckpt is not None:
+        _check_ckpt(ckpt)
+    if (
+        args.data is not None
+        and not Path(args.data).exists()
+        and (
+            os.sep in args.data or Path(args.data).suffix in (".txt", ".jsonl", ".json", ".parquet")
+        )
+    ):
+        raise UsageError(f"--data {args.data!r} does not exist")
+    if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
+        raise UsageError(f"--tokenizer {args.tokenizer!r} is not a folder")
+    if args.out is not None:
+        _check_out(Path(args.out), args.overwrite)
+    if ckpt is not None:
+        from winq.checkpoint import read_quant_config
+
+        saved = read_quant_config(ckpt)
+        saved_bits = saved[0].bits if saved is not None else 16
+        if args.bits is not None and saved is not None and args.bits != saved_bits:
+            if not args.requantize:
+                raise UsageError(
+                    f"--ckpt {str(ckpt)!r} is {saved_bits}-bit but --bits {args.bits} was given; "
+                    "pass --requantize to re-quantize it"
+                )
+
+    import torch
+
+    from winq.train import distributed
+
+    try:
+        dist = distributed.setup(args.device)
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    try:
+        return _measure(args, params, ckpt, dist, torch)
+    finally:
+        distributed.cleanup()
+
+
+def _measure(args, params, ckpt: Path | None, dist, torch) -> int:
+    from winq.analysis.hvp import select_parameters
+    from winq.analysis.measure import measure_spectrum
+    from winq.checkpoint import load
+
+    default = ckpt is None
+    if default:
+        ckpt = _default_checkpoint(args.progress, dist)
+    bits = args.bits if args.bits is not None else (DEFAULT_BITS if default else None)
+    out = Path(args.out) if args.out is not None else Path("spectra") / _default_name(ckpt, bits)
+    if args.out is None:
+        _check_out(out, args.overwrite)
+    model, tokenizer = load(
+        ckpt,
+        bits=bits,
+        requantize=args.requantize,
+        quantizer=args.quantizer,
+        dtype=args.dtype,
+        device=dist.device,
+        trust_remote_code=args.trust_remote_code,
+    )
+    tokenizer = _load_tokenizer(args, tokenizer, ckpt, default)
+    try:
+        select_parameters(model, params)
+    except ValueError as e:
+        raise UsageError(f"--params {args.params!r}: {e}") from None
+    batches, tokens = _batches(args, tokenizer, model, dist.rank, dist.world_size)
+    step, run_dir = _step_and_run(ckpt)
+    group = torch.distributed.group.WORLD if dist.enabled else None
+    spectrum = measure_spectrum(
+        model,
+        batches,
+        params=params,
+        probes=args.probes,
+        steps=args.steps,
+        reorth=args.reorth,
+        top_k=args.top_k,
+        trace=args.trace,
+        backend=args.backend,
+        seed=args.seed,
+        eps=args.eps,
+        relative=args.relative_eps,
+        sigma=args.sigma,
+        per_layer=args.per_layer,
+        process_group=group,
+        basis_device="cpu" if dist.device.type == "cuda" else None,
+        progress=args.progress and dist.is_main,
+        metadata={
+            "checkpoint": str(ckpt.absolute()),
+            "step": step,
+            "run": run_dir,
+            "alpha": None,
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "data": args.data if args.data is not None else "embedded:heldout",
+            "split": args.split,
+            "requested_tokens": tokens,
+        },
+    )
+    if not dist.is_main:
+        return 0
+    spectrum.save(out, overwrite=args.overwrite)
+    summary = spectrum.summary()
+    if args.json:
+        from winq.analysis.spectrum import _jsonable
+
+        print(json.dumps({"out": str(out), "summary": _jsonable(summary)}, indent=2))
+    else:
+        print(_format_summary(summary, spectrum.metadata, out))
+        if spectrum.blocks:
+            print()
+            print(_block_lines(spectrum))
+    return 0
+
+
+def _default_name(ckpt: Path, bits) -> str:
+    _, run_dir = _step_and_run(ckpt)
+    name = f"{Path(run_dir).name}-{ckpt.name}" if run_dir is not None else ckpt.name
+    return name if bits is None else f"{name}-w{bits}"
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from winq.checkpoint import CheckpointError
+    from winq.data import DataError
+
+    return (CheckpointError, DataError)
+
+
+main = guarded_main(PROG, run, usage_errors=_usage_errors())
+
+if __name__ == "__main__":
+    sys.exit(main())
