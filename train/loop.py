@@ -17,11 +17,18 @@ resumed with ``--resume`` writes exactly the records an uninterrupted run writes
 on CPU, wall-clock fields aside).
 
 Non-finite loss or gradient norm: the run stops with exit code 1 and its last good checkpoint
-intact (nothing is saved after the fault); with ``--skip-nonfinite`` the update is skipped
-(gradients dropped, step not advanced) and logged as ``{"step": N, "skipped": "..."}``; more
-than 20 consecutive skips stop the run. The environment variable ``WINQ_TRAIN_FAULT`` (a
-comma-separated list of update indices, 0-based, counted over attempted updates) multiplies
-the loss of those updates by NaN — a fault-injection hook for tests.
+intact (nothing is saved after the fault); with ``--skip-nonfinite`` the update is skipped —
+gradients dropped, no optimizer update, the step not advanced — logged as
+``{"step": N, "skipped": "..."}`` (N updates done so far), and attempted again with the next
+batch; more than 20 consecutive skips stop the run. A checkpoint is never written with a
+non-finite weight or optimizer moment (the run stops instead). Skips are part of the run's
+state (the count is in the checkpoint, and a resumed run drops the skip records a killed run
+logged after its last checkpoint), so resuming stays bit-exact.
+
+Fault injection for tests: the environment variable ``WINQ_TRAIN_FAULT`` is a comma-separated
+list of attempted-update indices (0-based, counted over attempts, skipped ones included), each
+optionally followed by ``:nan`` (the default: the loss times NaN), ``:inf`` (the loss times
+inf) or ``:grad`` (a finite loss, but one gradient entry set to NaN after the backward pass).
 """
 
 from __future__ import annotations
@@ -120,13 +127,46 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _fault_steps() -> set[int]:
+FAULT_KINDS = ("nan", "inf", "grad")
+
+
+def _fault_plan() -> dict[int, str]:
+    """``WINQ_TRAIN_FAULT`` parsed: attempted-update index -> fault kind (see module docstring).
+
+    Raises:
+        RuntimeFailure: a malformed value.
+    """
     text = os.environ.get("WINQ_TRAIN_FAULT", "").strip()
-    return {int(x) for x in text.split(",") if x.strip()} if text else set()
+    plan: dict[int, str] = {}
+    for item in text.split(",") if text else []:
+        index, _, kind = item.strip().partition(":")
+        kind = kind or "nan"
+        if not index.strip().isdigit() or kind not in FAULT_KINDS:
+            raise RuntimeFailure(
+                f"WINQ_TRAIN_FAULT: expected INDEX[:{'|'.join(FAULT_KINDS)}], got {item!r}"
+            )
+        plan[int(index)] = kind
+    return plan
 
 
-def _finite_parameters(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+@torch.no_grad()
+def _poison_gradient(model: nn.Module) -> None:
+    """Set one gradient entry to NaN (the ``:grad`` fault of ``WINQ_TRAIN_FAULT``)."""
+    grad = next(p.grad for p in model.parameters() if p.grad is not None)
+    grad.view(-1)[0] = float("nan")
+
+
+def _nonfinite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """The name of the first non-finite parameter or AdamW moment, or None if all are finite."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            return f"weight {name}"
+    names = {id(p): n for n, p in model.named_parameters()}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and not bool(torch.isfinite(value).all()):
+                return f"AdamW {key} of {names.get(id(param), 'a parameter')}"
+    return None
 
 
 @torch.no_grad()
@@ -405,12 +445,15 @@ def train(
                     ),
                 )
             else:  # drop what a killed run logged or half-wrote after its last checkpoint
-                truncate_after(out / "metrics.jsonl", start_step if found else -1)
+                # (skips logged at the checkpoint's own step came after it was written)
+                truncate_after(
+                    out / "metrics.jsonl", start_step if found else -1, drop_at_step=("skipped",)
+                )
                 _remove_leftovers(out)
         distributed.barrier()
 
         # -- the loop ------------------------------------------------------------------------
-        faults = _fault_steps()
+        faults = _fault_plan()
         attempts = start_step + counters.skipped
         consecutive_skips = 0
         eval_loss: float | None = None
@@ -455,29 +498,34 @@ def train(
             if last_step:
                 break
 
-            # -- one optimizer update --------------------------------------------------------
+            # -- one optimizer update (attempted again with the next batch after a skip) -------
             t0 = time.perf_counter()
             lr = schedule(step)
             for group in optimizer.param_groups:
                 frozen = group["name"] == "scales" and step < counters.scale_freeze_until
                 group["lr"] = 0.0 if frozen else lr
-            loss_sum = torch.zeros((), device=device)
-            for micro_step in range(grad_accum):
-                input_ids = data.next_batch().to(device)
-                sync = micro_step == grad_accum - 1
-                with contextlib.nullcontext() if sync or not dist.enabled else model.no_sync():
-                    with _autocast(device, config.precision):
-                        loss = model(input_ids=input_ids, labels=input_ids).loss
-                    if attempts in faults:
-                        loss = loss * float("nan")
-                    loss_sum += loss.detach()
-                    (loss / grad_accum).backward()
-            attempts += 1
-            train_loss = float(distributed.mean_across_ranks(loss_sum / grad_accum))
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip)
-            )
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+            while True:
+                fault = faults.get(attempts)
+                loss_sum = torch.zeros((), device=device)
+                for micro_step in range(grad_accum):
+                    input_ids = data.next_batch().to(device)
+                    sync = micro_step == grad_accum - 1
+                    with contextlib.nullcontext() if sync or not dist.enabled else model.no_sync():
+                        with _autocast(device, config.precision):
+                            loss = model(input_ids=input_ids, labels=input_ids).loss
+                        if fault in ("nan", "inf"):
+                            loss = loss * float(fault)
+                        loss_sum += loss.detach()
+                        (loss / grad_accum).backward()
+                if fault == "grad":
+                    _poison_gradient(raw_model)
+                attempts += 1
+                train_loss = float(distributed.mean_across_ranks(loss_sum / grad_accum))
+                grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip)
+                )
+                if math.isfinite(train_loss) and math.isfinite(grad_norm):
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 what = f"non-finite loss {train_loss}, gradient norm {grad_norm}"
                 if not config.skip_nonfinite:
@@ -492,10 +540,9 @@ def train(
                 metrics.write(step, skipped=what)
                 if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
                     raise RuntimeFailure(
-                        f"{consecutive_skips} non-finite updates in a row at step {step}"
+                        f"{consecutive_skips} non-finite updates in a row at update {step + 1}; "
+                        "stopping"
                     )
-                timers["train"] += time.perf_counter() - t0
-                continue
             consecutive_skips = 0
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -615,11 +662,15 @@ def _save(
     """Write ``checkpoints/step_NNNNNN`` (model + trainer state) atomically; rank 0 only."""
     import winq
 
+    # every rank holds the same weights, so every rank refuses alike (no rank left waiting)
+    bad = _nonfinite_state(model, optimizer)
+    if bad is not None:
+        good = last_checkpoint(out)
+        where = f"; the last good checkpoint is {good[1]}" if good else ""
+        raise RuntimeFailure(f"non-finite {bad} at step {step}; checkpoint not written{where}")
     rng = distributed.all_gather_object(get_rng_state())  # every rank's, in rank order
     folder = checkpoint_dir(out, step)
     if dist.is_main:
-        if not _finite_parameters(model):
-            raise RuntimeFailure(f"non-finite weights at step {step}; checkpoint not written")
         saved = dataclasses.asdict(counters)
         saved["seconds"] = seconds
         state = {

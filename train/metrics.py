@@ -93,10 +93,16 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_after(path: str | os.PathLike, step: int) -> int:
+def truncate_after(path: str | os.PathLike, step: int, drop_at_step: tuple[str, ...] = ()) -> int:
     """Rewrite ``metrics.jsonl`` (atomically) keeping only the records with ``step <= step``.
 
     Records are kept byte for byte, in order; a truncated last line is dropped.
+
+    Args:
+        path: the file.
+        step: the last step kept.
+        drop_at_step: also drop records *at* ``step`` that have any of these keys (what a run
+            logs at a step after that step's checkpoint, e.g. ``"skipped"``).
 
     Returns:
         The number of records dropped.
@@ -121,7 +127,8 @@ def truncate_after(path: str | os.PathLike, step: int) -> int:
             raise ValueError(f"{path}: line {index + 1} is not valid JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise ValueError(f"{path}: line {index + 1} is not a record with an integer step")
-        if record["step"] <= step:
+        late = record["step"] == step and any(key in record for key in drop_at_step)
+        if record["step"] <= step and not late:
             kept.append(line)
         else:
             dropped += 1
