@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PRESET ?= tiny
-OUT ?= runs/demo-$(PRESET)
+OUT ?= runs/study-$(PRESET)
 
 .PHONY: setup demo test lint bench clean
 
@@ -20,16 +20,11 @@ $(VENV)/.winq-installed: setup.cfg setup.py pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# The pipeline on the embedded default: pre-train (cached) + 2-bit QAT with WinQ, the Hessian
-# spectrum of the final checkpoint, then the figures. Re-running resumes or redoes each part.
+# The main job: the small-scale reproduction study on the embedded default (winq-reproduce:
+# FP model, baseline and WinQ QAT at 1/1.58/2/3 bits, spectra over training, an alpha sweep,
+# figures and REPORT.md in $(OUT)). Re-running resumes where it stopped, or only redraws.
 demo: setup
-	if [ -f $(OUT)/qat-2bit/config.json ]; then \
-	  $(BIN)/winq-train --resume $(OUT)/qat-2bit; \
-	else \
-	  $(BIN)/winq-train --preset $(PRESET) --bits 2 --out $(OUT)/qat-2bit; fi
-	$(BIN)/winq-spectrum --ckpt $(OUT)/qat-2bit/checkpoints/$$(cat $(OUT)/qat-2bit/checkpoints/final) \
-	  --probes 8 --steps 40 --out $(OUT)/qat-2bit/spectra/final --overwrite
-	$(BIN)/winq-plot $(OUT) --out $(OUT)/figures
+	$(BIN)/winq-reproduce --preset $(PRESET) --out $(OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q
