@@ -296,17 +296,22 @@ def make_measure(
     """
 
     def measure(model: nn.Module) -> dict[str, Any]:
-        from winq.analysis import HessianOperator, slq
-        from winq.nn import clipped_fraction
+        from winq.analysis import measure_spectrum
 
-        with HessianOperator(model, probe_batches, params=params) as operator:
-            spectrum = slq(
-                operator, probes=1, steps=lanczos_steps, reorth="full", seed=seed, progress=False
-            )
-            names = list(operator.param_names)
+        spectrum = measure_spectrum(
+            model,
+            probe_batches,
+            params=params,
+            probes=1,
+            steps=lanczos_steps,
+            reorth="full",
+            seed=seed,
+            progress=False,
+        )
         result = spectral_summary(spectrum.nodes, spectrum.weights, eps, spectrum.mask)
-        result["clipped_fraction"] = clipped_fraction(model, names)
-        result["num_params"] = int(operator.num_params)
+        clipped = spectrum.metadata["clipped_fraction"]  # None for a model without QuantLinear
+        result["clipped_fraction"] = 0.0 if clipped is None else clipped
+        result["num_params"] = int(spectrum.num_params)
         return result
 
     return measure
