@@ -30,6 +30,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,14 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {str(out)!r}: {str(parent)!r} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"--out {str(out)!r} is not writable ({str(parent)!r} is read-only)")
+    # os.access says yes to root on a read-only mount or a pseudo file system: try it (the
+    # folder is written under a temporary name in that same place, see winq.io.atomic_dir)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".winq-spectrum-probe.", dir=parent))
+    except OSError as e:
+        raise UsageError(
+            f"--out {str(out)!r} is not writable ({str(parent)!r}: {e.strerror})"
+        ) from None
 
 
 def _check_ckpt(path: Path) -> None:
@@ -220,6 +229,19 @@ def _check_ckpt(path: Path) -> None:
         raise UsageError(f"--ckpt {str(path)!r} is not a checkpoint (no config.json)")
     if not os.access(path, os.R_OK | os.X_OK):
         raise UsageError(f"--ckpt {str(path)!r} is not readable")
+
+
+def _check_context(ckpt: Path, seq_len: int) -> None:
+    """A ``--seq-len`` beyond the checkpoint's context, read from its ``config.json``."""
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--ckpt {str(ckpt)!r}: unreadable config.json ({e})") from None
+    context = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(context, int) and seq_len > context:
+        raise UsageError(
+            f"--seq-len {seq_len} is longer than the model's context ({context} positions)"
+        )
 
 
 def _step_and_run(path: Path) -> tuple[int | None, str | None]:
@@ -279,8 +301,6 @@ def _batches(args, tokenizer, model, rank: int, world: int) -> tuple[list[dict],
     """This rank's batches (round-robin share) and the total token count asked for."""
     from winq.data import lm_blocks
 
-    if args.batches < world:
-        raise UsageError(f"--batches {args.batches} is fewer than the {world} processes")
     max_positions = getattr(model.config, "max_position_embeddings", None)
     need = args.batches * args.batch_size
     blocks = lm_blocks(
@@ -389,6 +409,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if ckpt is not None:
         from winq.checkpoint import read_quant_config
 
+        _check_context(ckpt, args.seq_len)
+
         saved = read_quant_config(ckpt)
         saved_bits = saved[0].bits if saved is not None else 16
         if args.bits is not None and saved is not None and args.bits != saved_bits:
@@ -424,6 +446,10 @@ def _measure(args, params, ckpt: Path | None, dist, torch) -> int:
     out = Path(args.out) if args.out is not None else Path("spectra") / _default_name(ckpt, bits)
     if args.out is None:
         _check_out(out, args.overwrite)
+    if default:
+        _check_context(ckpt, args.seq_len)
+    if args.batches < dist.world_size:
+        raise UsageError(f"--batches {args.batches} is fewer than the {dist.world_size} processes")
     model, tokenizer = load(
         ckpt,
         bits=bits,
@@ -479,7 +505,10 @@ def _measure(args, params, ckpt: Path | None, dist, torch) -> int:
     if args.json:
         from winq.analysis.spectrum import _jsonable
 
-        print(json.dumps({"out": str(out), "summary": _jsonable(summary)}, indent=2))
+        document = {"out": str(out), "summary": summary}
+        if spectrum.blocks:
+            document["blocks"] = {name: b.summary() for name, b in spectrum.blocks.items()}
+        print(json.dumps(_jsonable(document), indent=2))
     else:
         print(_format_summary(summary, spectrum.metadata, out))
         if spectrum.blocks:
