@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from winq.cli import (
     ArgumentParser,
     RuntimeFailure,
@@ -68,6 +70,7 @@ STUDY_FILE = "study.json"
 DEFAULT_BITS = ("1", "1.58", "2", "3")
 DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 ZERO_EPS = 1.5e-3  # the notebooks' "probability of zero eigenvalue" threshold (PAPER.md)
+DENSITY_SIGMA = 5e-3  # the notebooks' Gaussian kernel width (PAPER.md)
 
 # Per preset: QAT length, batch, tokens, and spectrum sizes (see the budget in the docstring).
 PRESET_STUDY: dict[str, dict[str, Any]] = {
@@ -472,6 +475,29 @@ def _verdict(ok: bool | None) -> str:
     return {True: "**reproduced**", False: "**not reproduced**", None: "**not measured**"}[ok]
 
 
+def broadened_near_zero_mass(spectrum, eps: float = ZERO_EPS, sigma: float = DENSITY_SIGMA):
+    r"""Mass of the Gaussian-broadened density in ``|λ| < eps``: the WinQ notebooks' "probability
+    of zero eigenvalue" (density with kernel σ = 5e-3, then the mass below 1.5e-3; PAPER.md).
+
+    Exactly :math:`\frac1P\sum_p\sum_j\tau_{pj}[\Phi((\varepsilon-\theta_{pj})/\sigma) -
+    \Phi((-\varepsilon-\theta_{pj})/\sigma)]` from the saved Ritz nodes, so it does not jump
+    between 0 and a whole node's weight as the count of nodes inside ``eps`` does.
+    """
+    from scipy.special import ndtr
+
+    ritz = getattr(spectrum, "ritz", None)
+    if ritz is None or len(ritz) == 0:
+        return None
+    masses = []
+    for _, rows in ritz.groupby("probe", sort=True):
+        theta = rows["node"].to_numpy(float)
+        tau = rows["weight"].to_numpy(float)
+        masses.append(
+            float(np.sum(tau * (ndtr((eps - theta) / sigma) - ndtr((-eps - theta) / sigma))))
+        )
+    return float(np.mean(masses))
+
+
 def write_report(config: StudyConfig, out: Path) -> Path:
     """Draw every figure into ``OUT/figures`` and write ``OUT/REPORT.md`` from saved files."""
     from winq.io import atomic_write_text
@@ -491,6 +517,9 @@ def write_report(config: StudyConfig, out: Path) -> Path:
         return [] if run is None else [s for s in run.spectra if s.alpha is None]
 
     def mass(s) -> float | None:
+        return broadened_near_zero_mass(s)
+
+    def node_mass(s) -> float | None:
         return s.near_zero_mass(ZERO_EPS)[0]
 
     lines = [f"# WinQ saddle-point study ({config.preset} preset)", ""]
@@ -500,14 +529,16 @@ def write_report(config: StudyConfig, out: Path) -> Path:
         f"α = {config.alpha}, noise σ = {config.noise_sigma}; spectra: SLQ with "
         f"{config.probes} probes × {config.lanczos_steps} Lanczos steps on "
         f"{config.spectrum_batches} × {config.spectrum_batch_size} × {config.seq_len} held-out "
-        f"tokens, Hessian w.r.t. all QuantLinear latent weights through the STE; near-zero "
-        f"mass = mass with |λ| < {ZERO_EPS:g} (the WinQ notebooks' threshold). Every number "
+        "tokens, Hessian w.r.t. all QuantLinear latent weights through the STE; near-zero "
+        f"mass = mass with |λ| < {ZERO_EPS:g} of the density broadened by a Gaussian of "
+        f"σ = {DENSITY_SIGMA:g} (the WinQ notebooks' convention; the mass of the bare quadrature "
+        "nodes, which jumps by whole node weights, is shown beside it). Every number "
         "below is read from the saved spectrum and run folders (`winq-plot "
         f"{out}/runs {out}/alpha_sweep --out DIR` redraws the figures).",
         "",
     ]
-    table = [["bits", "step 0 near-zero", "final near-zero", "step 0 abs λmax",
-              "final abs λmax", "final clipped", "final held-out loss"]]  # fmt: skip
+    table = [["bits", "step 0 near-zero", "final near-zero", "final near-zero (nodes)",
+              "step 0 abs λmax", "final abs λmax", "final clipped", "final held-out loss"]]  # fmt: skip
     grow, shrink, finals = [], [], {}
     for bits in config.bits:
         series = spectra_of(f"w{bits}-baseline")
@@ -525,8 +556,8 @@ def write_report(config: StudyConfig, out: Path) -> Path:
             grow.append(m1 > m0)
         if a0 is not None and a1 is not None:
             shrink.append(a1 < a0)
-        table.append([bits, _fmt(m0), _fmt(m1), _fmt(a0), _fmt(a1), _fmt(clipped),
-                      _fmt(final_loss)])  # fmt: skip
+        table.append([bits, _fmt(m0), _fmt(m1), _fmt(node_mass(last)), _fmt(a0), _fmt(a1),
+                      _fmt(clipped), _fmt(final_loss)])  # fmt: skip
 
     def majority(flags: list[bool]) -> bool | None:
         return None if not flags else sum(flags) * 2 > len(flags)
@@ -589,7 +620,10 @@ def write_report(config: StudyConfig, out: Path) -> Path:
         _, m, clipped = finals[bits]
         if clipped is None or m is None:
             continue
-        share = f"{min(clipped, m) / m:.0%}" if m > 0 else "n/a: no near-zero mass resolved"
+        if clipped >= m:  # the exact null space is larger than what the quadrature resolves
+            share = "all of it: the clipped weights alone exceed the measured mass"
+        else:
+            share = f"{clipped / m:.0%}"
         shares.append(f"{bits}-bit: clipped fraction {_fmt(clipped, '.3f')}, near-zero mass "
                       f"{_fmt(m, '.3f')} (saturation share {share})")  # fmt: skip
     lines += ["**(f) How much of the near-zero mass is saturation** — each clipped latent "
