@@ -284,11 +284,30 @@ def build_parser() -> ArgumentParser:
 
 
 def _looks_like_path(text: str) -> bool:
+    """A path rather than a dataset name (``owner/name`` has one slash and no suffix)."""
     return (
-        os.sep in text
-        or text.startswith(".")
+        os.path.isabs(text)
+        or text.startswith((".", "~"))
+        or text.replace(os.sep, "/").count("/") > 1
+        or text.endswith(("/", os.sep))
         or Path(text).suffix.lower() in (".txt", ".jsonl", ".json", ".parquet", ".md", ".gz")
     )
+
+
+def check_out_folder(path: str, flag: str = "--out") -> None:
+    """A run folder must be a folder, or creatable: no file in the way on its path."""
+    folder = Path(path)
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"{flag} {path}: is a file, expected a folder")
+        return
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, expected a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {path}: cannot create it in {parent} (permission)")
+            return
 
 
 def check_checkpoint_folder(path: str, flag: str) -> None:
@@ -346,6 +365,14 @@ def config_for_resume(run: str, given: dict[str, Any]) -> TrainConfig:
         raise UsageError(
             f"--resume {run}: corrupt config.json ({' '.join(str(e).split())})"
         ) from None
+    from winq.train.metrics import read_records
+
+    try:  # checked now: the resumed run rewrites it only after claiming the folder
+        read_records(folder / "metrics.jsonl")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(
+            f"--resume {run}: corrupt metrics.jsonl ({' '.join(str(e).split())})"
+        ) from None
     if given.get("overwrite"):
         raise UsageError("--overwrite conflicts with --resume")
     if "out" in given and Path(given["out"]).resolve() != folder.resolve():
@@ -393,8 +420,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             )
         if config.out is not None:
             out = Path(config.out)
-            if out.exists() and not out.is_dir():
-                raise UsageError(f"--out {config.out}: is a file, expected a folder")
+            check_out_folder(config.out)
             if (
                 out.is_dir()
                 and not config.overwrite

@@ -52,7 +52,10 @@ def _configure(model: nn.Module, config: TrainConfig) -> nn.Module:
         return model
     wanted = config.quant_config()
     if not is_quantized(model):
-        winq.quantize_(model, wanted)
+        try:
+            winq.quantize_(model, wanted)
+        except ValueError as e:  # e.g. a group size that does not divide a layer's width
+            raise UsageError(f"--init {config.init}: {e}") from None
         return model
     layers = list(winq.quant_layers(model))
     have = layers[0][1].config

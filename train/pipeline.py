@@ -26,8 +26,9 @@ def usage_error_types() -> tuple[type[BaseException], ...]:
     """Library exceptions that mean "bad input" (exit code 2) at the command line."""
     from winq.checkpoint import CheckpointError
     from winq.data import DataError
+    from winq.train.state import StateError
 
-    return (CheckpointError, DataError)
+    return (CheckpointError, DataError, StateError)
 
 
 def pretrain_run_dir(preset: str) -> Path:

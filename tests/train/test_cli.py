@@ -4,11 +4,13 @@ runtime failures exit 1; a run and its resume through the command line."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from helpers import MINI_FLAGS, comparable, read_metrics, run_cli
+from helpers import MINI, MINI_FLAGS, comparable, read_metrics, run_cli
 
 import winq
+from winq.train.config import TrainConfig
 
 
 @pytest.fixture
@@ -36,6 +38,28 @@ def bad_inputs(fp, q4, work):
     (work / "broken_run").mkdir()
     (work / "broken_run" / "config.json").write_text("{not json")
     init = ["--init", str(fp)]
+    corrupt = {}
+    for name, file, text in (
+        ("config", "config.json", "{not json"),
+        ("weights", "model.safetensors", "garbage"),
+        ("quant", "winq_quant.json", "{bad"),
+    ):
+        folder = work / f"corrupt_{name}"
+        shutil.copytree(q4 if name == "quant" else fp, folder)
+        (folder / file).write_text(text)
+        corrupt[name] = ["--init", str(folder)]
+    (work / "blank.txt").write_text("  \n\n")
+    # run folders to resume: a valid config.json with a corrupt metrics.jsonl, and one whose
+    # only checkpoint has a corrupt trainer_state.pt
+    for name in ("bad_metrics", "bad_state"):
+        run = work / name
+        run.mkdir()
+        config = TrainConfig(init=str(fp), bits=2, out=str(run), **MINI).resolve()
+        (run / "config.json").write_text(json.dumps(config.to_json(world_size=1)))
+    (work / "bad_metrics" / "metrics.jsonl").write_text('garbage\n{"step": 1}\n')
+    checkpoint = work / "bad_state" / "checkpoints" / "step_000004"
+    shutil.copytree(fp, checkpoint)
+    (checkpoint / "trainer_state.pt").write_bytes(b"junk")
     return [
         ("unknown bits", ["--bits", "5"], "bits must be one of"),
         ("bits not a number", ["--bits", "two"], "bits must be one of"),
@@ -67,6 +91,18 @@ def bad_inputs(fp, q4, work):
         ("resume missing", ["--resume", str(work / "nope")], "no such run"),
         ("resume corrupt config", ["--resume", str(work / "broken_run")], "corrupt config.json"),
         ("unknown flag", ["--bitz", "2"], "unrecognized"),
+        ("steps not an integer", ["--steps", "2.5"], "expected int"),
+        ("lr infinite", ["--lr", "inf"], "finite"),
+        ("beta1 above 1", ["--beta1", "1.5"], "[0, 1]"),
+        ("init corrupt config.json", [*corrupt["config"], *MINI_FLAGS], "corrupt config.json"),
+        ("init corrupt weights", [*corrupt["weights"], *MINI_FLAGS], "model.safetensors"),
+        ("init corrupt winq_quant", [*corrupt["quant"], "--bits", "4", *MINI_FLAGS], "winq_quant"),
+        ("group size mismatch", [*init, *MINI_FLAGS, "--group-size", "7"], "does not divide"),
+        ("data blank", [*init, *MINI_FLAGS, "--data", str(work / "blank.txt")], "no text"),
+        ("dataset unknown offline", [*init, *MINI_FLAGS, "--data", "nobody/nothing"], "nobody"),
+        ("out under a file", [*init, "--out", str(work / "a_file" / "run")], "is a file"),
+        ("resume corrupt metrics", ["--resume", str(work / "bad_metrics")], "metrics.jsonl"),
+        ("resume corrupt state", ["--resume", str(work / "bad_state")], "trainer_state.pt"),
     ]
 
 
@@ -90,7 +126,7 @@ def test_bad_inputs_one_line_exit_2_nothing_created(fp_checkpoint, quantized_che
         if not ok:
             failures.append(f"{name}: rc={result.returncode} stderr={result.stderr!r}")
     assert not failures, "\n".join(failures)
-    assert len(cases) >= 30
+    assert len(cases) >= 42
 
 
 def test_cli_run_resume_conflicts_and_lock(fp_checkpoint, tmp_path):
