@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 SIGMA = 5e-3
 SAVED_EPS = 1e-3
@@ -80,76 +79,48 @@ def write_spectrum(
     write_density: bool = True,
     extra_metadata: dict | None = None,
 ) -> dict:
-    """Write one spectrum folder; returns the ``spectrum.json`` document."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write one spectrum folder with the library's own :meth:`Spectrum.save`; returns the
+    ``spectrum.json`` document as written (``write_ritz``/``write_density`` False remove that
+    file afterwards, as a user's damaged folder would lack it)."""
+    from winq.analysis import Spectrum
+
     nodes, weights = ritz_nodes(seed, scale, flat)
-    near_zero = float(np.mean([w[np.abs(t) < SAVED_EPS].sum() for t, w in zip(nodes, weights)]))
-    negative = float(np.mean([w[t < 0].sum() for t, w in zip(nodes, weights)]))
-    lambda_max, lambda_min = float(nodes.max()), float(nodes.min())
     clipped = round(0.01 + 0.001 * seed + 1e-9 * seed, 12)
-    document = {
-        "format_version": 1,
-        "kind": "winq-spectrum",
-        "metadata": {
-            "checkpoint": f"runs/x/checkpoints/step_{step or 0:06d}",
-            "bits": bits,
-            "quantizer": "seq" if bits in (2, 1.58) else "lsq",
-            "step": step,
-            "run": run,
-            "alpha": alpha,
-            "params": "linear",
-            "num_params": 123457,
-            "probes": nodes.shape[0],
-            "lanczos_steps": nodes.shape[1],
-            "reorth": "none",
-            "backend": "double_backward",
-            "seed": seed,
-            "batches": 2,
-            "tokens": 2048,
-            "wall_seconds": 1.25,
-            "torch_version": "2.13.0",
-            "winq_version": "0.1.0",
-            "clipped_fraction": clipped,
-            "unknown_future_key": {"nested": [1, 2]},
-            **(extra_metadata or {}),
-        },
-        "summary": {
-            "lambda_max": lambda_max,
-            "lambda_min": lambda_min,
-            "abs_ratio": abs(lambda_min) / lambda_max,
-            "trace": 41.0 + seed / 7.0,
-            "trace_stderr": 0.7,
-            "near_zero_mass": near_zero,
-            "near_zero_eps": SAVED_EPS,
-            "negative_mass": negative,
-            "density_sigma": SIGMA,
-            "clipped_fraction": clipped,
-            "abs_quantiles": {"0.5": 0.001, "0.9": 0.05, "0.99": 1.2},
-            "top_eigenvalues": [lambda_max, 7.1, 5.0],
-        },
+    metadata = {
+        "checkpoint": f"runs/x/checkpoints/step_{step or 0:06d}",
+        "bits": bits,
+        "quantizer": "seq" if bits in (2, 1.58) else "lsq",
+        "step": step,
+        "run": run,
+        "alpha": alpha,
+        "params": "linear",
+        "num_params": 123457,
+        "probes": nodes.shape[0],
+        "lanczos_steps": nodes.shape[1],
+        "reorth": "none",
+        "backend": "double_backward",
+        "seed": seed,
+        "batches": 2,
+        "tokens": 2048,
+        "wall_seconds": 1.25,
+        "clipped_fraction": clipped,
+        "unknown_future_key": {"nested": [1, 2]},
+        **(extra_metadata or {}),
     }
+    blocks = None
     if per_layer:
-        document["blocks"] = {"layer.0": {"num_params": 1234, "summary": {"lambda_max": 1.0}}}
-    (folder / "spectrum.json").write_text(json.dumps(document, indent=2))
-    if write_ritz:
-        probes, steps = nodes.shape
-        frame = pd.DataFrame(
-            {
-                "probe": np.repeat(np.arange(probes), steps),
-                "node": nodes.ravel(),
-                "weight": weights.ravel(),
-            }
-        )
-        if per_layer:
-            other = frame.assign(node=frame["node"] * 0.1)
-            frame = pd.concat([frame.assign(block="all"), other.assign(block="layer.0")])
-        frame.to_parquet(folder / "ritz.parquet", index=False)
-    if write_density:
-        grid, density = density_on_grid(nodes, weights)
-        pd.DataFrame({"lambda": grid, "density": density}).to_parquet(
-            folder / "density.parquet", index=False
-        )
-    return document
+        blocks = {"layer.0": Spectrum(nodes * 0.1, weights, metadata={"num_params": 1234},
+                                      eps=SAVED_EPS, sigma=SIGMA)}  # fmt: skip
+    spectrum = Spectrum(nodes, weights, metadata=metadata, blocks=blocks,
+                        top_eigenvalues=[float(nodes.max()), 7.1, 5.0],
+                        trace=41.0 + seed / 7.0, trace_stderr=0.7, trace_method="hutch++",
+                        eps=SAVED_EPS, sigma=SIGMA)  # fmt: skip
+    spectrum.save(folder)
+    if not write_ritz:
+        (folder / "ritz.parquet").unlink()
+    if not write_density:
+        (folder / "density.parquet").unlink()
+    return json.loads((folder / "spectrum.json").read_text())
 
 
 def write_run(
