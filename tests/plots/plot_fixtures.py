@@ -137,7 +137,8 @@ def write_run(
     truncated_tail: bool = False,
     config: dict | None = None,
 ) -> None:
-    """Write one run folder with training/eval metrics, resets and spectra at some steps."""
+    """Write one run folder with training/eval metrics, resets and spectra at some steps
+    (``metrics.jsonl`` by the trainer's :class:`MetricsLog`, spectra by ``Spectrum.save``)."""
     folder.mkdir(parents=True, exist_ok=True)
     if config is None:
         config = {
@@ -178,10 +179,15 @@ def write_run(
                 }
             )
             lines.append({"step": step, "guide": {"decision": "wait", "reason": "test"}})
-    text = "".join(json.dumps(line) + "\n" for line in lines)
+    from winq.train.metrics import MetricsLog  # the trainer's own writer
+
+    log = MetricsLog(folder / "metrics.jsonl")
+    for line in lines:
+        log.write(**line)
+    log.close()
     if truncated_tail:
-        text += '{"step": 1000, "loss": 2.'  # a writer killed mid-line
-    (folder / "metrics.jsonl").write_text(text)
+        with open(folder / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write('{"step": 1000, "loss": 2.')  # a writer killed mid-line
     (folder / "checkpoints").mkdir(exist_ok=True)
     for i, step in enumerate(spectra_steps):
         progress = step / EVAL_STEPS[-1]
