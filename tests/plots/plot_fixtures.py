@@ -1,8 +1,10 @@
-"""Small spectrum folders and run folders written exactly as ``docs/formats.md`` describes.
+"""Small spectrum folders and run folders, written by the library's own writers.
 
-``winq.analysis.Spectrum`` did not exist yet when these tests were written, so the files are
-written here by hand, following the format (``spectrum.json`` + ``ritz.parquet`` +
-``density.parquet``; ``config.json`` + ``metrics.jsonl`` + ``spectra/step_NNNNNN/``).
+Spectra by :meth:`winq.analysis.Spectrum.save` (``spectrum.json`` + ``ritz.parquet`` +
+``density.parquet``); runs by the trainer's writers: ``config.json`` from
+:meth:`winq.train.config.TrainConfig.to_json` (written atomically, as the training loop does),
+``metrics.jsonl`` by :class:`winq.train.metrics.MetricsLog`, ``spectra/step_NNNNNN/`` by
+``Spectrum.save``. Tests that need a hand-made ``config.json`` (empty, absent) still pass one.
 Summaries are computed from the Ritz nodes with the documented formulas so every number is
 self-consistent, and deliberately given awkward float values so that "copied exactly" is tested.
 """
@@ -140,17 +142,19 @@ def write_run(
     """Write one run folder with training/eval metrics, resets and spectra at some steps
     (``metrics.jsonl`` by the trainer's :class:`MetricsLog`, spectra by ``Spectrum.save``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if config is None:
-        config = {
-            "preset": "tiny",
-            "bits": bits,
-            "quantizer": "seq" if bits in (2, 1.58) else "lsq",
-            "total_steps": EVAL_STEPS[-1],
-            "winq": {"mode": mode, "alpha": 0.2, "resets": len(resets)},
-            "world_size": 1,
-        }
+    if config is None:  # the resolved configuration, as the training loop writes it
+        from winq.train.config import TrainConfig
+
+        config = TrainConfig(
+            bits=bits,
+            steps=EVAL_STEPS[-1],
+            winq_resets=len(resets) if mode == "fixed" else 0,
+            guide=mode == "guided",
+        ).to_json(world_size=1)
     if config != "absent":
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        from winq.io import atomic_write_json
+
+        atomic_write_json(folder / "config.json", config)
     rng = np.random.default_rng(seed)
     lines = []
     eval_at = dict(zip(EVAL_STEPS, eval_losses))
