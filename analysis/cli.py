@@ -221,14 +221,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _check_ckpt(path: Path) -> None:
-    if not path.exists():
-        raise UsageError(f"--ckpt {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise UsageError(f"--ckpt {str(path)!r} is a file; expected a checkpoint folder")
-    if not (path / "config.json").is_file():
-        raise UsageError(f"--ckpt {str(path)!r} is not a checkpoint (no config.json)")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise UsageError(f"--ckpt {str(path)!r} is not readable")
+    from winq.checkpoint import CheckpointError, check_folder
+
+    try:
+        check_folder(path, "--ckpt")
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_context(ckpt: Path, seq_len: int) -> None:

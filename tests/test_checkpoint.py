@@ -141,7 +141,7 @@ def _with_bits(path):
 
 LOAD_ERRORS = {
     "missing": (lambda p: p.parent / "missing", "does not exist"),
-    "file": (lambda p: p / "config.json", "is a file, expected a folder"),
+    "file": (lambda p: p / "config.json", "is a file, expected a checkpoint folder"),
     "no-config": (_remove("config.json"), "no config.json"),
     "bad-config": (_write("config.json", "{not json"), "corrupt config.json"),
     "bad-quant-json": (_write(QUANT_FILE, "garbage"), f"corrupt {QUANT_FILE}"),

@@ -201,7 +201,7 @@ def rows(w: Path) -> list[tuple[str, str, list[str], str]]:
         # winq-reproduce
         ("winq-reproduce", "unknown bit width", ["--bits", "5"], "--bits 5"),
         ("winq-reproduce", "alpha outside [0, 1]", ["--alphas", "0,1.5"], "--alphas"),
-        ("winq-reproduce", "init missing", ["--init", str(w / "nope")], "not a checkpoint"),
+        ("winq-reproduce", "init missing", ["--init", str(w / "nope")], "does not exist"),
         ("winq-reproduce", "--out is a file", ["--out", str(w / "a_file")], "not a folder"),
         ("winq-reproduce", "unknown preset", ["--preset", "huge"], "invalid choice"),
         (

@@ -311,17 +311,12 @@ def check_out_folder(path: str, flag: str = "--out") -> None:
 
 
 def check_checkpoint_folder(path: str, flag: str) -> None:
-    folder = Path(path)
-    if not folder.exists():
-        raise UsageError(f"{flag} {path}: no such checkpoint folder")
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {path}: is a file, expected a checkpoint folder")
-    if not (folder / "config.json").is_file() or not (
-        any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
-    ):
-        raise UsageError(
-            f"{flag} {path}: not a checkpoint folder (needs config.json and *.safetensors)"
-        )
+    from winq.checkpoint import CheckpointError, check_folder
+
+    try:
+        check_folder(path, flag)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_inputs(config: TrainConfig) -> None:

@@ -229,9 +229,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     config = _config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"study-{config.preset}"
     if config.init is not None:
-        init = Path(config.init)
-        if not (init / "config.json").is_file():
-            raise UsageError(f"--init {args.init!r} is not a checkpoint folder (no config.json)")
+        from winq.train.cli import check_checkpoint_folder
+
+        check_checkpoint_folder(config.init, "--init")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a folder")
     saved = out / STUDY_FILE

@@ -31,6 +31,7 @@ from winq.nn import QuantLinear, quant_layers, quantize_
 __all__ = [
     "QUANT_FILE",
     "CheckpointError",
+    "check_folder",
     "is_quantized",
     "load",
     "quiet_transformers",
@@ -155,20 +156,34 @@ def read_quant_config(path: str | os.PathLike) -> tuple[QuantConfig, list[str]] 
         raise CheckpointError(f"corrupt {QUANT_FILE} in {path}: {e}") from None
 
 
-def _check_folder(path: Path) -> None:
+def check_folder(path: str | os.PathLike, name: str = "checkpoint") -> None:
+    """Check that ``path`` is a readable checkpoint folder, without loading it.
+
+    Reads ``config.json`` and the safetensors headers only, so a command can refuse a bad
+    checkpoint before it builds anything. ``name`` starts each message (a command passes its
+    flag, e.g. ``"--init"``).
+
+    Raises:
+        CheckpointError: a missing path, a file, a folder without ``config.json`` or weights, an
+            unreadable folder, a corrupt ``config.json`` or safetensors header.
+    """
+    path = Path(path)
+    where = f"{name} {str(path)!r}"
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"{where} does not exist")
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {str(path)!r} is a file, expected a folder")
+        raise CheckpointError(f"{where} is a file, expected a checkpoint folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise CheckpointError(f"{where} is not readable (permission)")
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint folder (no config.json)")
+        raise CheckpointError(f"{where} is not a checkpoint folder (no config.json)")
     try:
         json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt config.json in {str(path)!r}: {e}") from None
+        raise CheckpointError(f"{where}: corrupt config.json ({e})") from None
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
-        raise CheckpointError(f"{str(path)!r} has no model weights (*.safetensors)")
+        raise CheckpointError(f"{where} has no model weights (*.safetensors)")
     from safetensors import SafetensorError, safe_open
 
     for file in sorted(path.glob("*.safetensors")):
@@ -176,7 +191,7 @@ def _check_folder(path: Path) -> None:
             with safe_open(str(file), framework="pt") as f:
                 f.keys()
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"corrupt {file.name} in {str(path)!r}: {e}") from None
+            raise CheckpointError(f"{where}: corrupt {file.name} ({e})") from None
 
 
 def _load_scales(path: Path, model: nn.Module) -> None:
@@ -246,7 +261,7 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    _check_folder(path)
+    check_folder(path)
     saved = read_quant_config(path)
     if bits is not None:
         try:

@@ -64,7 +64,7 @@ def bad_inputs(fp, q4, work):
         ("unknown bits", ["--bits", "5"], "bits must be one of"),
         ("bits not a number", ["--bits", "two"], "bits must be one of"),
         ("quantizer unsupported", ["--bits", "1.58", "--quantizer", "lsq"], "supports bits"),
-        ("init missing", ["--init", str(work / "nope")], "no such checkpoint"),
+        ("init missing", ["--init", str(work / "nope")], "does not exist"),
         ("init is a file", ["--init", str(work / "a_file")], "is a file"),
         ("init not a checkpoint", ["--init", str(work / "not_ckpt")], "not a checkpoint"),
         ("init wrong bit width", ["--init", str(q4), "--bits", "2"], "4-bit"),

@@ -92,7 +92,7 @@ def test_study_end_to_end_and_resume(fp_checkpoint, tmp_path, monkeypatch, capsy
         (["--alphas", "0,2"], "--alphas"),
         (["--steps", "0"], "positive integer"),
         (["--preset", "huge"], "invalid choice"),
-        (["--init", "{tmp}/missing"], "not a checkpoint"),
+        (["--init", "{tmp}/missing"], "does not exist"),
         (["--out", "{tmp}/a_file"], "not a folder"),
         (["--out", "{tmp}/other"], "not a study"),
     ],
