@@ -487,6 +487,11 @@ class HessianOperator(Operator):
         self.clear_cache()
 
     def metadata(self) -> dict:
+        """What the operator averages over, for a saved spectrum's ``metadata``.
+
+        ``tokens`` is an integer when the batches' weights are token counts (the default loss),
+        the weights' sum otherwise.
+        """
         shared = self._shared
         return {
             "params": self.params_spec,
@@ -494,7 +499,7 @@ class HessianOperator(Operator):
             "backend": shared.backend,
             "reuse_graph": self.reuse_graph,
             "batches": int(self.num_batches),
-            "tokens": shared.total_weight,
+            "tokens": _count(shared.total_weight),
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "world_size": (
@@ -657,3 +662,10 @@ class HessianOperator(Operator):
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
         self._all_reduce(tensor)
         return float(tensor[0])
+
+
+def _count(weight: float | None) -> int | float | None:
+    """A summed loss weight as an integer when it is a whole number (a token count)."""
+    if weight is None or not float(weight).is_integer():
+        return weight
+    return int(weight)

@@ -79,6 +79,7 @@ def test_writes_the_three_files_with_documented_columns(checkpoints, tmp_path, c
     assert meta["step"] == 40 and Path(meta["run"]).name == "run"
     assert meta["probes"] == 2 and meta["lanczos_steps"] == 8 and meta["reorth"] == "none"
     assert meta["batches"] == 2 and meta["tokens"] == 2 * 2 * 15  # next-token targets
+    assert type(meta["tokens"]) is int  # a count, saved as 60, not 60.0
     # the clipped fraction is that of the checkpoint's own latent weights
     model, _ = winq.load(checkpoints["w2"])
     assert meta["clipped_fraction"] == winq.nn.clipped_fraction(model)
