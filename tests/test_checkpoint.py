@@ -105,6 +105,25 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, token_batch):
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_save_refuses_nonfinite_weights(tmp_path, bad):
+    good = winq.quantize_(build_tiny_model("llama"), winq.QuantConfig(bits=2))
+    winq.save(good, tmp_path / "ckpt")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    diverged = winq.quantize_(build_tiny_model("llama", seed=1), winq.QuantConfig(bits=2))
+    layer = dict(quant_layers(diverged))
+    name = next(iter(layer))
+    with torch.no_grad():
+        layer[name].scale.view(-1)[-1] = bad  # one learned scale, deep in a layer
+    with pytest.raises(ValueError, match=rf"refusing to save .*weight {name}\.scale"):
+        winq.save(diverged, tmp_path / "ckpt")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    assert after == before and sorted(os.listdir(tmp_path)) == ["ckpt"]
+    winq.save(diverged, tmp_path / "other", allow_nonfinite=True)  # asked for: written as is
+    loaded, _ = winq.load(tmp_path / "other")
+    assert not torch.isfinite(dict(quant_layers(loaded))[name].scale).all()
+
+
 def test_save_without_overwrite_refuses(tmp_path):
     model = build_tiny_model("llama")
     winq.save(model, tmp_path / "ckpt")

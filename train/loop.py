@@ -158,9 +158,11 @@ def _poison_gradient(model: nn.Module) -> None:
 
 def _nonfinite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
     """The name of the first non-finite parameter or AdamW moment, or None if all are finite."""
-    for name, param in model.named_parameters():
-        if not bool(torch.isfinite(param).all()):
-            return f"weight {name}"
+    from winq.checkpoint import first_nonfinite
+
+    bad = first_nonfinite(model)
+    if bad is not None:
+        return bad
     names = {id(p): n for n, p in model.named_parameters()}
     for param, state in optimizer.state.items():
         for key, value in state.items():

@@ -32,6 +32,7 @@ __all__ = [
     "QUANT_FILE",
     "CheckpointError",
     "check_folder",
+    "first_nonfinite",
     "is_quantized",
     "load",
     "quiet_transformers",
@@ -81,6 +82,7 @@ def save(
     *,
     extra: Callable[[Path], None] | None = None,
     overwrite: bool = True,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Write ``model`` (and ``tokenizer``) as a checkpoint folder at ``path``, atomically.
 
@@ -91,11 +93,23 @@ def save(
         extra: called with the temporary folder before it is renamed into place, to add files
             that must appear together with the checkpoint (e.g. optimizer state).
         overwrite: replace an existing folder (True) or raise ``FileExistsError``.
+        allow_nonfinite: write weights holding NaN or inf (refused by default, before anything
+            is written, so a diverged model never replaces a good checkpoint).
 
     Returns:
         The checkpoint path.
+
+    Raises:
+        ValueError: a parameter or floating buffer holds NaN or inf (unless ``allow_nonfinite``).
     """
     path = Path(path)
+    if not allow_nonfinite:
+        bad = first_nonfinite(model)
+        if bad is not None:
+            raise ValueError(
+                f"refusing to save {str(path)!r}: {bad} holds NaN or inf "
+                "(pass allow_nonfinite=True to write it anyway)"
+            )
     config, names = _model_quant_config(model)
     with atomic_dir(path, overwrite=overwrite) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
@@ -122,6 +136,15 @@ def save(
         if extra is not None:
             extra(tmp)
     return path
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """The name of the first parameter or floating buffer holding NaN or inf, else None."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in named:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"weight {name}" if isinstance(tensor, nn.Parameter) else f"buffer {name}"
+    return None
 
 
 def read_quant_config(path: str | os.PathLike) -> tuple[QuantConfig, list[str]] | None:
