@@ -103,31 +103,43 @@ PRESET_STUDY: dict[str, dict[str, Any]] = {
 }
 
 
+_TINY = PRESET_STUDY["tiny"]
+
+
 @dataclass
 class StudyConfig:
-    """Everything that decides the study's results (saved as ``study.json``)."""
+    """Everything that decides the study's results (saved as ``study.json``).
+
+    The per-preset sizes default to the ``tiny`` row of ``PRESET_STUDY``; ``from_preset``
+    takes another row.
+    """
 
     preset: str = "tiny"
     init: str | None = None
     bits: list[str] = field(default_factory=lambda: list(DEFAULT_BITS))
     sweep_bits: str = "2"
     guided: bool = True
-    steps: int = 240
-    batch_size: int = 16
-    seq_len: int = 128
-    lr: float = 1e-3
-    warmup: int = 12
-    eval_every: int = 20
-    eval_batches: int = 4
+    steps: int = _TINY["steps"]
+    batch_size: int = _TINY["batch_size"]
+    seq_len: int = _TINY["seq_len"]
+    lr: float = _TINY["lr"]
+    warmup: int = _TINY["warmup"]
+    eval_every: int = _TINY["eval_every"]
+    eval_batches: int = _TINY["eval_batches"]
     resets: int = 3
     alpha: float = 0.2
     noise_sigma: float = 1e-3
-    probes: int = 4
-    lanczos_steps: int = 30
-    spectrum_batches: int = 1
-    spectrum_batch_size: int = 8
+    probes: int = _TINY["probes"]
+    lanczos_steps: int = _TINY["lanczos_steps"]
+    spectrum_batches: int = _TINY["spectrum_batches"]
+    spectrum_batch_size: int = _TINY["spectrum_batch_size"]
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
     seed: int = 0
+
+    @classmethod
+    def from_preset(cls, preset: str, **changes: Any) -> StudyConfig:
+        """The preset's sizes from ``PRESET_STUDY``, then ``changes``."""
+        return cls(preset=preset, **{**PRESET_STUDY[preset], **changes})
 
     @property
     def save_every(self) -> int:
@@ -179,7 +191,6 @@ def build_parser() -> ArgumentParser:
 def _config_from_args(args) -> StudyConfig:
     from winq.config import parse_bits
 
-    defaults = PRESET_STUDY[args.preset]
     bits = args.bits or list(DEFAULT_BITS)
     canonical = []
     for text in bits:
@@ -209,12 +220,12 @@ def _config_from_args(args) -> StudyConfig:
             raise UsageError(f"--alphas {args.alphas!r}: expected numbers in [0, 1]")
     if args.alpha > 1:
         raise UsageError(f"--alpha must be in (0, 1], got {args.alpha}")
-    config = StudyConfig(preset=args.preset, init=args.init, bits=canonical, sweep_bits=sweep,
-                         guided=args.guided, alphas=alphas, resets=args.resets,
-                         alpha=args.alpha, seed=args.seed)  # fmt: skip
-    for key, value in defaults.items():
-        given = getattr(args, key, None)
-        setattr(config, key, value if given is None else given)
+    given = {key: getattr(args, key) for key in PRESET_STUDY[args.preset]
+             if getattr(args, key, None) is not None}  # fmt: skip
+    config = StudyConfig.from_preset(args.preset, init=args.init, bits=canonical,
+                                     sweep_bits=sweep, guided=args.guided, alphas=alphas,
+                                     resets=args.resets, alpha=args.alpha, seed=args.seed,
+                                     **given)  # fmt: skip
     if config.init is not None:
         config.init = str(Path(config.init).absolute())
     if args.steps is not None:  # the preset's warm-up is 5% of its run length
