@@ -297,36 +297,23 @@ def _load_tokenizer(args: argparse.Namespace, tokenizer: Any, ckpt: Path, defaul
 
 def _batches(args, tokenizer, model, rank: int, world: int) -> tuple[list[dict], int]:
     """This rank's batches (round-robin share) and the total token count asked for."""
-    from winq.data import lm_blocks
+    from winq.data import probe_batches
 
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    need = args.batches * args.batch_size
-    blocks = lm_blocks(
+    batches = probe_batches(
         args.data,
         tokenizer,
         args.seq_len,
+        args.batches,
+        args.batch_size,
         split=args.split,
-        max_tokens=need * args.seq_len + 1,
+        rank=rank,
+        world=world,
+        vocab_size=model.get_input_embeddings().num_embeddings,
         data_config=args.data_config,
         text_field=args.text_field,
-        max_positions=max_positions,
+        max_positions=getattr(model.config, "max_position_embeddings", None),
     )
-    if blocks.shape[0] < need:
-        raise UsageError(
-            f"the {args.split} split of the data has {blocks.shape[0]} blocks of {args.seq_len} "
-            f"tokens; --batches {args.batches} x --batch-size {args.batch_size} needs {need}"
-        )
-    vocab = model.get_input_embeddings().num_embeddings
-    if int(blocks.max()) >= vocab:
-        raise UsageError(
-            f"the tokenizer produces token id {int(blocks.max())} but the model's vocabulary "
-            f"has {vocab} entries: pass the checkpoint's own tokenizer"
-        )
-    batches = [
-        {"input_ids": blocks[i * args.batch_size : (i + 1) * args.batch_size]}
-        for i in range(rank, args.batches, world)
-    ]
-    return batches, need * args.seq_len
+    return batches, args.batches * args.batch_size * args.seq_len
 
 
 def _format_summary(summary: dict, metadata: dict, out: Path | None) -> str:

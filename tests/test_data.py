@@ -224,6 +224,28 @@ def test_lm_blocks_of_a_file_and_max_tokens(tmp_path, tokenizer):
     assert heldout.shape[1] == 32 and heldout.shape[0] >= 1
 
 
+def test_probe_batches_are_the_leading_heldout_blocks_shared_by_rank(tmp_path, tokenizer):
+    path = tmp_path / "docs.txt"
+    path.write_text("\n\n".join(DOCS * 5), encoding="utf-8")
+    everything = data.lm_blocks(str(path), tokenizer, 16, split="heldout")
+    blocks = data.lm_blocks(str(path), tokenizer, 16, split="heldout", max_tokens=6 * 16 + 1)
+    assert blocks.shape[0] == 6 and everything.shape[0] > 6
+    batches = data.probe_batches(str(path), tokenizer, 16, 3, 2)
+    assert [b["input_ids"].shape for b in batches] == [(2, 16)] * 3
+    assert torch.equal(torch.cat([b["input_ids"] for b in batches]), blocks[:6])
+    shares = [data.probe_batches(str(path), tokenizer, 16, 3, 2, rank=r, world=2) for r in (0, 1)]
+    assert [len(s) for s in shares] == [2, 1]  # batches 0, 2 and batch 1
+    for i, batch in enumerate(batches):
+        assert torch.equal(shares[i % 2][i // 2]["input_ids"], batch["input_ids"])
+    many = everything.shape[0] + 1
+    with pytest.raises(DataError, match=rf"has {many - 1} blocks of 16 tokens; {many} "):
+        data.probe_batches(str(path), tokenizer, 16, many, 1)
+    top = int(blocks[:6].max())
+    with pytest.raises(DataError, match=f"token id {top} but the model's vocabulary has {top}"):
+        data.probe_batches(str(path), tokenizer, 16, 3, 2, vocab_size=top)
+    assert len(data.probe_batches(str(path), tokenizer, 16, 3, 2, vocab_size=top + 1)) == 3
+
+
 def test_streaming_reads_no_further_than_needed(tmp_path, tokenizer):
     path = tmp_path / "big.jsonl"
     _write_jsonl(path, [{"text": t} for t in DOCS])

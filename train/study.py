@@ -335,17 +335,13 @@ def train_runs(config: StudyConfig, out: Path, init: Path, progress: bool) -> li
 
 
 def _spectrum_batches(config: StudyConfig, tokenizer) -> list[dict]:
-    from winq.data import lm_blocks
+    from winq.data import DataError, probe_batches
 
-    need = config.spectrum_batches * config.spectrum_batch_size
-    blocks = lm_blocks(None, tokenizer, config.seq_len, split="heldout",
-                       max_tokens=need * config.seq_len + 1)  # fmt: skip
-    if blocks.shape[0] < need:
-        raise UsageError(f"the held-out split has only {blocks.shape[0]} blocks; {need} needed")
-    size = config.spectrum_batch_size
-    return [
-        {"input_ids": blocks[i * size : (i + 1) * size]} for i in range(config.spectrum_batches)
-    ]
+    try:
+        return probe_batches(None, tokenizer, config.seq_len, config.spectrum_batches,
+                             config.spectrum_batch_size)  # fmt: skip
+    except DataError as e:
+        raise UsageError(str(e)) from None
 
 
 def _measure(model, batches, config: StudyConfig, progress: bool, metadata: dict):

@@ -68,6 +68,7 @@ __all__ = [
     "lm_blocks",
     "load_texts",
     "pack",
+    "probe_batches",
     "train_and_heldout_blocks",
 ]
 
@@ -540,6 +541,60 @@ def lm_blocks(
         generator = torch.Generator().manual_seed(HELDOUT_ORDER_SEED)
         blocks = blocks[torch.randperm(blocks.shape[0], generator=generator)]
     return blocks
+
+
+def probe_batches(
+    source: str | Path | None,
+    tokenizer: Any,
+    seq_len: int,
+    batches: int,
+    batch_size: int,
+    *,
+    split: str = "heldout",
+    rank: int = 0,
+    world: int = 1,
+    vocab_size: int | None = None,
+    **options: Any,
+) -> list[dict[str, torch.Tensor]]:
+    """A fixed set of batches to measure on, read from the start of a split.
+
+    The ``batches x batch_size`` blocks packed from the split's first
+    ``batches x batch_size x seq_len + 1`` tokens, in :func:`lm_blocks`'s order (fixed), so
+    every call and every command sees the same batches.
+
+    Args:
+        source, tokenizer, seq_len, split: as in :func:`lm_blocks`; ``options`` go there too.
+        batches, batch_size: how many batches of how many blocks.
+        rank, world: return this rank's round-robin share (batch ``i`` goes to rank
+            ``i % world``), so that ranks together cover every batch once.
+        vocab_size: the model's vocabulary; a token id at or beyond it is refused (a tokenizer
+            that is not the checkpoint's own).
+
+    Returns:
+        ``[{"input_ids": LongTensor (batch_size, seq_len)}, ...]``; the same blocks on every call.
+
+    Raises:
+        DataError: as :func:`lm_blocks`, fewer blocks than asked for, or a token id beyond
+            ``vocab_size``.
+    """
+    need = batches * batch_size
+    blocks = lm_blocks(source, tokenizer, seq_len, split=split, max_tokens=need * seq_len + 1,
+                       **options)  # fmt: skip
+    if blocks.shape[0] < need:
+        raise DataError(
+            f"the {split} split of {describe_source(source)} has {blocks.shape[0]} blocks of "
+            f"{seq_len} tokens; {batches} batches x {batch_size} sequences need {need}"
+        )
+    blocks = blocks[:need]
+    if vocab_size is not None and int(blocks.max()) >= vocab_size:
+        raise DataError(
+            f"the tokenizer produces token id {int(blocks.max())} but the model's vocabulary "
+            f"has {vocab_size} entries: pass the checkpoint's own tokenizer"
+        )
+    return [
+        {"input_ids": blocks[i * batch_size : (i + 1) * batch_size]}
+        for i in range(rank, batches, world)
+    ]
 
 
 def train_and_heldout_blocks(

@@ -153,7 +153,7 @@ def test_requantize_and_existing_out(checkpoints, tmp_path, capsys):
 
 
 # bad inputs that can only be seen with the model (its parameter names) or the data loaded
-NEEDS_THE_MODEL = {"no_such_parameter", "needs", "{empty}"}
+NEEDS_THE_MODEL = {"no_such_parameter", "100000 batches x", "{empty}"}
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ NEEDS_THE_MODEL = {"no_such_parameter", "needs", "{empty}"}
         (["--ckpt", "{w2}", "--params", "no_such_parameter"], "no_such_parameter"),
         (["--ckpt", "{w2}", "--params", "(unclosed"], "regular expression"),
         (["--ckpt", "{w2}", "--seq-len", "100000"], "context"),
-        (["--ckpt", "{w2}", "--batches", "100000"], "needs"),
+        (["--ckpt", "{w2}", "--batches", "100000"], "100000 batches x"),
         (["--ckpt", "{w2}", "--data", "{tmp}/absent.txt"], "does not exist"),
         (["--ckpt", "{w2}", "--data", "{empty}"], "{empty}"),
         (["--ckpt", "{w2}", "--out", "{file}"], "not a folder"),
