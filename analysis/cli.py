@@ -407,7 +407,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from winq.train import distributed
+    from winq import distributed
 
     try:
         dist = distributed.setup(args.device)

@@ -175,9 +175,9 @@ def fp_heldout_loss(args, init: str | None) -> tuple[str, float]:
     import torch
 
     from winq import embedded
+    from winq.distributed import Dist
     from winq.train import inputs
     from winq.train.config import TrainConfig
-    from winq.train.distributed import Dist
     from winq.train.loop import evaluate
 
     torch.set_num_threads(args.threads)

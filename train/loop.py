@@ -48,9 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from winq import distributed
 from winq.cli import RuntimeFailure, UsageError
 from winq.io import FileLock, LockedError, atomic_write_json
-from winq.train import distributed
 from winq.train.config import TrainConfig
 from winq.train.controller import Controller, GuideRule, make_measure
 from winq.train.metrics import MetricsLog, truncate_after

@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from winq import distributed
 from winq.cli import UsageError
-from winq.train import distributed
 from winq.train.config import TrainConfig
 
 __all__ = ["ensure_fp_checkpoint", "main_run", "pretrain_run_dir", "usage_error_types"]

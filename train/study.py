@@ -453,7 +453,7 @@ def run_study(config: StudyConfig, out: Path, progress: bool = True, overwrite: 
         if config.init is not None:
             init = Path(config.init)
         else:
-            from winq.train import distributed
+            from winq import distributed
             from winq.train.pipeline import ensure_fp_checkpoint
 
             _say(f"FP model of the {config.preset} preset (pre-trained and cached if missing)")

@@ -88,7 +88,7 @@ def test_resets_exactly_at_schedule_and_loss_unchanged(fp_checkpoint, tmp_path):
 def test_reset_leaves_held_out_loss_bit_identical(fp_checkpoint):
     cfg = TrainConfig(**MINI, init=str(fp_checkpoint), bits=2, winq_resets=0).resolve()
     model, tokenizer = inputs.build_model(cfg)
-    from winq.train.distributed import Dist
+    from winq.distributed import Dist
 
     data = inputs.build_data(cfg, tokenizer, Dist(), 4, model)
     with torch.no_grad():  # move the latents off the grid first, as training would

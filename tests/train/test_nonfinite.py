@@ -15,8 +15,9 @@ import torch
 from helpers import MINI, MINI_FLAGS, comparable, read_metrics, run_cli
 
 import winq
+from winq import distributed
 from winq.cli import RuntimeFailure
-from winq.train import distributed, loop
+from winq.train import loop
 from winq.train.config import TrainConfig
 from winq.train.loop import train
 from winq.train.state import last_checkpoint, load_trainer_state
