@@ -54,6 +54,12 @@ def build_parser() -> ArgumentParser:
         help="Gaussian kernel width for densities (default: as saved)",
     )  # fmt: skip
     parser.add_argument(
+        "--mass-sigma", type=positive_float, default=None, metavar="SIGMA",
+        help="quote the near-zero mass of the density broadened by a Gaussian of this width "
+        "(the WinQ notebooks use 5e-3) instead of counting Ritz nodes inside eps (needs the "
+        "saved ritz.parquet; the summary tables keep the saved values)",
+    )  # fmt: skip
+    parser.add_argument(
         "--format", type=_formats, default=("png", "pdf"), dest="formats",
         help="image formats, comma-separated (default png,pdf)",
     )  # fmt: skip
@@ -78,7 +84,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     inputs = load_inputs(args.paths)
     out = Path(args.out)
     _check_writable(out)
-    result = draw_all(inputs, out, eps=args.eps, sigma=args.sigma, formats=args.formats)
+    result = draw_all(inputs, out, eps=args.eps, sigma=args.sigma, mass_sigma=args.mass_sigma,
+                      formats=args.formats)  # fmt: skip
     print(
         f"{PROG}: read {len(inputs.spectra)} spectra and {len(inputs.runs)} runs; writing to {out}"
     )

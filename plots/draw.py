@@ -50,6 +50,7 @@ def draw_all(
     *,
     eps: float | None = DEFAULT_EPS,
     sigma: float | None = None,
+    mass_sigma: float | None = None,
     formats: Sequence[str] = FORMATS,
 ) -> DrawResult:
     """Draw every figure the inputs support into ``out_dir``, plus the summary tables.
@@ -63,6 +64,9 @@ def draw_all(
         out_dir: destination folder (created if missing).
         eps: near-zero threshold; None uses each spectrum's saved one.
         sigma: density kernel width; None uses the saved densities.
+        mass_sigma: figures quote the near-zero mass of the density broadened by a Gaussian of
+            this width (the WinQ notebooks' convention); None counts the Ritz nodes inside ε,
+            as saved. The summary tables always give the saved values.
         formats: image formats to write.
     """
     out_dir = Path(out_dir)
@@ -95,14 +99,19 @@ def draw_all(
             title = f"Eigenvalue density over training: {key}"
         emit(
             f"density_{slug(key)}",
-            lambda s=spectra, t=title: plot_density_over_training(s, title=t, sigma=sigma, eps=eps),
+            lambda s=spectra, t=title: plot_density_over_training(
+                s, title=t, sigma=sigma, eps=eps, mass_sigma=mass_sigma
+            ),
         )
 
     # 2. magnitudes by bit width: baseline runs' and loose spectra first
     winq_runs = {run.label for run in inputs.runs if not run.is_baseline}
     preferred = [s for s in inputs.spectra if s.run not in winq_runs]
     others = [s for s in inputs.spectra if s.run in winq_runs]
-    emit("magnitudes_by_bits", lambda: plot_magnitudes_by_bits(preferred + others, eps=eps))
+    emit(
+        "magnitudes_by_bits",
+        lambda: plot_magnitudes_by_bits(preferred + others, eps=eps, mass_sigma=mass_sigma),
+    )
 
     # 3 and 5. per bit width: spectrum over training and loss curves
     if not inputs.runs:
@@ -114,7 +123,7 @@ def draw_all(
         emit(
             f"spectrum_over_training_{name}",
             lambda r=runs, b=bits, v=versus: plot_spectrum_over_training(
-                r, eps=eps, title=f"Hessian spectrum over {qat_name(b)}{v}"
+                r, eps=eps, mass_sigma=mass_sigma, title=f"Hessian spectrum over {qat_name(b)}{v}"
             ),
         )
         emit(
@@ -125,7 +134,7 @@ def draw_all(
         )
 
     # 4. α sweep
-    emit("alpha_sweep", lambda: plot_alpha_sweep(inputs.spectra, eps=eps))
+    emit("alpha_sweep", lambda: plot_alpha_sweep(inputs.spectra, eps=eps, mass_sigma=mass_sigma))
 
     # 6. summary tables
     result.written.extend(write_summary(inputs, out_dir))

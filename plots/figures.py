@@ -72,11 +72,10 @@ def _plain_log_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
 
 
-def _eps_text(eps_values: set) -> str:
+def _eps_text(eps_values: set, sigma: float | None = None) -> str:
     eps_values = {e for e in eps_values if e is not None}
-    if len(eps_values) == 1:
-        return f"|λ| < {next(iter(eps_values)):.2g}"
-    return "|λ| < ε (as saved)"
+    text = f"|λ| < {next(iter(eps_values)):.2g}" if len(eps_values) == 1 else "|λ| < ε (as saved)"
+    return text if sigma is None else f"{text}, σ = {sigma:.2g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,6 +88,7 @@ def plot_density_over_training(
     title: str | None = None,
     sigma: float | None = None,
     eps: float | None = None,
+    mass_sigma: float | None = None,
     max_panels: int = 6,
 ) -> Figure:
     """Eigenvalue density (log probability mass) at several steps of one run, a panel per step.
@@ -98,6 +98,8 @@ def plot_density_over_training(
         title: figure title (e.g. the run label).
         sigma: kernel width; None uses the saved density.
         eps: near-zero threshold for the mass quoted in each panel; None uses the saved one.
+        mass_sigma: quote the mass of the density broadened by a Gaussian of this width (the
+            WinQ notebooks' convention); None counts the Ritz nodes inside ε (as saved).
         max_panels: at most this many steps, evenly spaced, first and last kept.
 
     Raises:
@@ -136,11 +138,12 @@ def plot_density_over_training(
             ax.set_ylim(MASS_FLOOR, 1.0)
             ax.set_xlim(x_low, x_high)
             ax.set_title(f"step {format_step(spectrum.step)} of {qat_name(spectrum.bits)}")
-            near_zero, used_eps = spectrum.near_zero_mass(eps)
+            near_zero, used_eps = spectrum.near_zero_mass(eps, mass_sigma)
             lines = []
             if near_zero is not None:
                 eps_note = f"{used_eps:.2g}" if used_eps is not None else "ε"
-                lines.append(f"mass |λ|<{eps_note}: {near_zero:.3f}")
+                kind = "" if mass_sigma is None else " (broadened)"
+                lines.append(f"mass |λ|<{eps_note}{kind}: {near_zero:.3f}")
             if spectrum.lambda_max is not None and spectrum.lambda_min is not None:
                 lines.append(f"λ ∈ [{spectrum.lambda_min:.3g}, {spectrum.lambda_max:.3g}]")
             if lines:
@@ -169,12 +172,17 @@ def plot_density_over_training(
 
 
 def plot_magnitudes_by_bits(
-    spectra: Sequence[SpectrumData], *, eps: float | None = None, max_steps: int = 4
+    spectra: Sequence[SpectrumData],
+    *,
+    eps: float | None = None,
+    mass_sigma: float | None = None,
+    max_steps: int = 4,
 ) -> Figure:
     """|λ|max, |λmin| and near-zero mass against bit width, at steps measured for every width.
 
     Where several spectra share a bit width and step the first is used (pass baseline runs'
     spectra first). When no step is common to all widths, each width's last step is shown.
+    ``mass_sigma``: see :func:`plot_density_over_training`.
 
     Raises:
         ValueError: fewer than two bit widths with a stepped spectrum.
@@ -197,9 +205,9 @@ def plot_magnitudes_by_bits(
     quantities = [
         ("|λ|max", lambda s: s.abs_lambda_max, True),
         ("|λmin|", lambda s: None if s.lambda_min is None else abs(s.lambda_min), True),
-        ("near-zero mass", lambda s: s.near_zero_mass(eps)[0], False),
+        ("near-zero mass", lambda s: s.near_zero_mass(eps, mass_sigma)[0], False),
     ]
-    eps_used = {s.near_zero_mass(eps)[1] for _, g in groups for s in g.values()}
+    eps_used = {s.near_zero_mass(eps, mass_sigma)[1] for _, g in groups for s in g.values()}
     positions = np.arange(len(widths))
     with style():
         fig = new_figure("two", height=2.5)
@@ -219,7 +227,7 @@ def plot_magnitudes_by_bits(
                 ax.set_title(name)
             else:
                 ax.set_ylim(0, 1.02)
-                ax.set_title(f"near-zero mass ({_eps_text(eps_used)})")
+                ax.set_title(f"near-zero mass ({_eps_text(eps_used, mass_sigma)})")
         axes[0].set_ylabel("magnitude")
         axes[2].set_ylabel("spectral mass")
         axes[0].legend(loc="best")
@@ -257,17 +265,22 @@ def _mark_resets(ax, runs: Sequence[RunData], colors: Sequence[str]) -> None:
 
 
 def plot_spectrum_over_training(
-    runs: Sequence[RunData], *, eps: float | None = None, title: str | None = None
+    runs: Sequence[RunData],
+    *,
+    eps: float | None = None,
+    mass_sigma: float | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Near-zero mass, negative mass and eigenvalue range over training, one line per run.
 
     Reset steps of each run are vertical dashed lines in the run's colour. Values come from the
     run's spectra, or from its controller diagnostics when it saved no spectra.
+    ``mass_sigma``: see :func:`plot_density_over_training` (spectra only).
 
     Raises:
         ValueError: no run has a spectral measurement with a step.
     """
-    series = [(run, run.spectrum_series(eps)) for run in runs]
+    series = [(run, run.spectrum_series(eps, mass_sigma)) for run in runs]
     series = [(run, frame) for run, frame in series if not frame.empty]
     if not series:
         raise ValueError("no run has spectra or diagnostics over training")
@@ -296,6 +309,8 @@ def plot_spectrum_over_training(
             ax.set_xlabel("training step")
         sources = {frame["source"].iloc[0] for _, frame in series}
         eps_note = f"|λ| < {eps:.2g}" if eps is not None else "|λ| < ε"
+        if mass_sigma is not None:
+            eps_note += f", σ = {mass_sigma:.2g}"
         if sources == {"diagnostics"}:
             eps_note = "as logged"
         axes[0].set_title(f"near-zero mass ({eps_note})")
@@ -324,9 +339,15 @@ def plot_spectrum_over_training(
 
 
 def plot_alpha_sweep(
-    spectra: Sequence[SpectrumData], *, eps: float | None = None, title: str | None = None
+    spectra: Sequence[SpectrumData],
+    *,
+    eps: float | None = None,
+    mass_sigma: float | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Near-zero mass against the interpolation α of a trial reset, one line per sweep.
+
+    ``mass_sigma``: see :func:`plot_density_over_training`.
 
     A sweep is the set of spectra with ``metadata.alpha`` sharing run, bit width and step. Error
     bars are ±1 standard deviation over SLQ probes of the per-probe near-zero mass (from the
@@ -353,9 +374,9 @@ def plot_alpha_sweep(
             means, errors = [], []
             for alpha in alphas:
                 spectrum = by_alpha[alpha]
-                value, used = spectrum.near_zero_mass(eps)
+                value, used = spectrum.near_zero_mass(eps, mass_sigma)
                 eps_used.add(used)
-                per_probe = spectrum.per_probe_mass("near_zero", used)
+                per_probe = spectrum.per_probe_mass("near_zero", used, mass_sigma)
                 if per_probe is not None and len(per_probe) > 1:
                     errors.append(float(np.std(per_probe, ddof=1)))
                     probe_counts.add(len(per_probe))
@@ -368,7 +389,7 @@ def plot_alpha_sweep(
             label = f"{run or qat_name(bits)}, step {format_step(step)}"
             ax.errorbar(alphas, means, yerr=errors, marker="o", color=color, label=label)
         ax.set_xlabel("interpolation α   (W ← αW + (1−α)Q(W))")
-        ax.set_ylabel(f"near-zero mass ({_eps_text(eps_used)})")
+        ax.set_ylabel(f"near-zero mass ({_eps_text(eps_used, mass_sigma)})")
         ax.set_xlim(-0.05, 1.05)
         counts = f"{min(probe_counts)}" if probe_counts else "?"
         if probe_counts and len(probe_counts) > 1:

@@ -12,6 +12,8 @@ width or ε than the one saved, using the same formulas as the writer::
 
     density(λ) = mean over probes of Σ_j τ_j · N(λ; θ_j, σ²)
     near-zero mass = mean over probes of Σ_j τ_j · [|θ_j| < ε]
+    broadened near-zero mass (σ given) = mean over probes of
+                     Σ_j τ_j · [Φ((ε − θ_j)/σ) − Φ((−ε − θ_j)/σ)]   (the WinQ notebooks' convention)
     negative mass  = mean over probes of Σ_j τ_j · [θ_j < 0]
 
 Every problem with an input is raised as :class:`PlotInputError` with a one-line message that
@@ -208,12 +210,17 @@ class SpectrumData:
             arrays.append((rows["node"].to_numpy(np.float64), rows["weight"].to_numpy(np.float64)))
         return arrays
 
-    def per_probe_mass(self, kind: str, eps: float | None = None) -> np.ndarray | None:
+    def per_probe_mass(
+        self, kind: str, eps: float | None = None, sigma: float | None = None
+    ) -> np.ndarray | None:
         """Per-probe ``near_zero`` (|θ| < ε) or ``negative`` (θ < 0) mass; None without Ritz data.
 
         Args:
             kind: ``"near_zero"`` or ``"negative"``.
             eps: threshold for ``near_zero``; defaults to the saved ``near_zero_eps``.
+            sigma: for ``near_zero``, the mass in ``|λ| < ε`` of the density broadened by a
+                Gaussian of this width instead of the count of nodes inside (which jumps by
+                whole node weights as a node crosses ε).
         """
         if self.ritz is None or len(self.ritz) == 0:
             return None
@@ -221,20 +228,36 @@ class SpectrumData:
             eps = self.value("near_zero_eps") if eps is None else eps
             if eps is None:
                 return None
-            masses = [float(np.sum(w[np.abs(t) < eps])) for t, w in self._probe_arrays()]
+            if sigma is None:
+                masses = [float(np.sum(w[np.abs(t) < eps])) for t, w in self._probe_arrays()]
+            else:
+                from scipy.special import ndtr
+
+                masses = [
+                    float(np.sum(w * (ndtr((eps - t) / sigma) - ndtr((-eps - t) / sigma))))
+                    for t, w in self._probe_arrays()
+                ]
         elif kind == "negative":
             masses = [float(np.sum(w[t < 0])) for t, w in self._probe_arrays()]
         else:
             raise ValueError(f"kind must be 'near_zero' or 'negative', got {kind!r}")
         return np.asarray(masses)
 
-    def near_zero_mass(self, eps: float | None = None) -> tuple[float | None, float | None]:
+    def near_zero_mass(
+        self, eps: float | None = None, sigma: float | None = None
+    ) -> tuple[float | None, float | None]:
         """Near-zero mass and the ε it was measured with.
 
-        The saved value when ``eps`` is None or equals the saved ``near_zero_eps``; otherwise
-        recomputed from the Ritz nodes; the saved value (with its own ε) if those are absent.
+        Without ``sigma``: the saved value when ``eps`` is None or equals the saved
+        ``near_zero_eps``; otherwise recomputed from the Ritz nodes; the saved value (with its
+        own ε) if those are absent. With ``sigma``: the broadened mass from the Ritz nodes,
+        ``(None, eps)`` when they were not saved.
         """
         saved, saved_eps = self.value("near_zero_mass"), self.value("near_zero_eps")
+        if sigma is not None:
+            per_probe = self.per_probe_mass("near_zero", eps, sigma)
+            used = saved_eps if eps is None else eps
+            return (None if per_probe is None else float(per_probe.mean())), used
         if eps is None or (saved_eps is not None and math.isclose(eps, saved_eps)):
             return saved, saved_eps
         per_probe = self.per_probe_mass("near_zero", eps)
@@ -549,12 +572,14 @@ class RunData:
         ]
         return pd.DataFrame.from_records(rows) if rows else pd.DataFrame({"step": []})
 
-    def spectrum_series(self, eps: float | None = None) -> pd.DataFrame:
+    def spectrum_series(self, eps: float | None = None, sigma: float | None = None) -> pd.DataFrame:
         """Spectral quantities over training, one row per step.
 
         From the run's spectra (α-sweep spectra excluded) when there are any, otherwise from
         the controller's ``diagnostics`` records. Columns: ``step, near_zero_mass,
-        negative_mass, lambda_max, lambda_min, source``.
+        negative_mass, lambda_max, lambda_min, source``. With ``sigma`` the spectra's near-zero
+        mass is the broadened one (:meth:`SpectrumData.near_zero_mass`); logged diagnostics
+        keep the controller's own measure.
         """
         rows = []
         for spectrum in self.spectra:
@@ -563,7 +588,7 @@ class RunData:
             rows.append(
                 {
                     "step": spectrum.step,
-                    "near_zero_mass": spectrum.near_zero_mass(eps)[0],
+                    "near_zero_mass": spectrum.near_zero_mass(eps, sigma)[0],
                     "negative_mass": spectrum.negative_mass(),
                     "lambda_max": spectrum.lambda_max,
                     "lambda_min": spectrum.lambda_min,

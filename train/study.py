@@ -52,8 +52,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from winq.cli import (
     ArgumentParser,
     RuntimeFailure,
@@ -482,29 +480,6 @@ def _verdict(ok: bool | None) -> str:
     return {True: "**reproduced**", False: "**not reproduced**", None: "**not measured**"}[ok]
 
 
-def broadened_near_zero_mass(spectrum, eps: float = ZERO_EPS, sigma: float = DENSITY_SIGMA):
-    r"""Mass of the Gaussian-broadened density in ``|λ| < eps``: the WinQ notebooks' "probability
-    of zero eigenvalue" (density with kernel σ = 5e-3, then the mass below 1.5e-3; PAPER.md).
-
-    Exactly :math:`\frac1P\sum_p\sum_j\tau_{pj}[\Phi((\varepsilon-\theta_{pj})/\sigma) -
-    \Phi((-\varepsilon-\theta_{pj})/\sigma)]` from the saved Ritz nodes, so it does not jump
-    between 0 and a whole node's weight as the count of nodes inside ``eps`` does.
-    """
-    from scipy.special import ndtr
-
-    ritz = getattr(spectrum, "ritz", None)
-    if ritz is None or len(ritz) == 0:
-        return None
-    masses = []
-    for _, rows in ritz.groupby("probe", sort=True):
-        theta = rows["node"].to_numpy(float)
-        tau = rows["weight"].to_numpy(float)
-        masses.append(
-            float(np.sum(tau * (ndtr((eps - theta) / sigma) - ndtr((-eps - theta) / sigma))))
-        )
-    return float(np.mean(masses))
-
-
 def write_report(config: StudyConfig, out: Path) -> Path:
     """Draw every figure into ``OUT/figures`` and write ``OUT/REPORT.md`` from saved files."""
     from winq.io import atomic_write_text
@@ -515,7 +490,7 @@ def write_report(config: StudyConfig, out: Path) -> Path:
     paths = [p for p in (out / "runs", out / "alpha_sweep") if p.exists()]
     inputs = load_inputs(paths)
     figures = out / "figures"
-    drawn = draw_all(inputs, figures, eps=ZERO_EPS)
+    drawn = draw_all(inputs, figures, eps=ZERO_EPS, mass_sigma=DENSITY_SIGMA)
 
     runs = {run.path.name: run for run in inputs.runs}
 
@@ -523,8 +498,8 @@ def write_report(config: StudyConfig, out: Path) -> Path:
         run = runs.get(name)
         return [] if run is None else [s for s in run.spectra if s.alpha is None]
 
-    def mass(s) -> float | None:
-        return broadened_near_zero_mass(s)
+    def mass(s) -> float | None:  # the notebooks' "probability of zero eigenvalue" (PAPER.md)
+        return s.near_zero_mass(ZERO_EPS, DENSITY_SIGMA)[0]
 
     def node_mass(s) -> float | None:
         return s.near_zero_mass(ZERO_EPS)[0]
@@ -541,7 +516,8 @@ def write_report(config: StudyConfig, out: Path) -> Path:
         f"σ = {DENSITY_SIGMA:g} (the WinQ notebooks' convention; the mass of the bare quadrature "
         "nodes, which jumps by whole node weights, is shown beside it). Every number "
         "below is read from the saved spectrum and run folders (`winq-plot "
-        f"{out}/runs {out}/alpha_sweep --out DIR` redraws the figures).",
+        f"{out}/runs {out}/alpha_sweep --eps {ZERO_EPS:g} --mass-sigma {DENSITY_SIGMA:g} "
+        "--out DIR` redraws the figures, which use the same convention).",
         "",
     ]
     table = [["bits", "step 0 near-zero", "final near-zero", "final near-zero (nodes)",

@@ -53,6 +53,13 @@ def test_plots_the_study_in_process(study, tmp_path, capsys):
     assert not list((tmp_path / "figs").glob("*.pdf"))
 
 
+def test_broadened_mass_flag(study, tmp_path, capsys):
+    out = tmp_path / "figs"
+    argv = [str(study), "--out", str(out), "--format", "png", "--mass-sigma", "5e-3"]
+    assert main(argv) == 0
+    assert (out / "alpha_sweep.png").is_file() and (out / "magnitudes_by_bits.png").is_file()
+
+
 def test_cli_subprocess_end_to_end(tmp_path):
     write_spectrum(tmp_path / "in" / "s", bits=2, step=10)
     result = _winq_plot(tmp_path / "in", "--out", tmp_path / "out", "--eps", "1e-3")
@@ -93,8 +100,8 @@ def test_unwritable_out_exits_2(tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [["--eps", "-1"], ["--sigma", "nan"], ["--format", "gif"], []],
-    ids=["eps", "sigma", "format", "no-out"],
+    [["--eps", "-1"], ["--sigma", "nan"], ["--mass-sigma", "0"], ["--format", "gif"], []],
+    ids=["eps", "sigma", "mass-sigma", "format", "no-out"],
 )
 def test_bad_flags_exit_2(study, tmp_path, args, capsys):
     argv = [str(study), *args]

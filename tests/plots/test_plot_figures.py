@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib as mpl
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from plot_fixtures import BASELINE_EVAL, write_run, write_spectrum
@@ -89,6 +90,18 @@ def test_alpha_sweep_with_error_bars(inputs, tmp_path, check_image):
     assert "s.d. over 6 probes" in ax.get_legend().get_title().get_text()
     assert ax.containers and ax.containers[0].has_yerr
     _save_and_check(fig, tmp_path, "alpha", check_image)
+
+
+def test_alpha_sweep_broadened_mass(inputs, tmp_path, check_image):
+    fig = plot_alpha_sweep(inputs.spectra, eps=1.5e-3, mass_sigma=5e-3)
+    ax = fig.axes[0]
+    assert "σ = 0.005" in ax.get_ylabel()
+    sweep = sorted((s for s in inputs.spectra if s.alpha is not None), key=lambda s: s.alpha)
+    expected = [s.near_zero_mass(1.5e-3, 5e-3)[0] for s in sweep]
+    drawn = np.asarray(ax.containers[0].lines[0].get_ydata(), dtype=float)
+    np.testing.assert_allclose(drawn, expected, rtol=1e-12)
+    assert not np.allclose(drawn, [s.near_zero_mass(1.5e-3)[0] for s in sweep])
+    _save_and_check(fig, tmp_path, "alpha_broadened", check_image)
 
 
 def test_loss_curves_with_speedup(inputs, tmp_path, check_image):

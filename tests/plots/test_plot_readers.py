@@ -165,6 +165,26 @@ def test_near_zero_mass_saved_or_recomputed_from_ritz(tmp_path):
     assert per_probe.shape == (nodes.shape[0],)
 
 
+def test_broadened_near_zero_mass_is_the_density_integral(tmp_path):
+    write_spectrum(tmp_path / "s", bits=2, step=5, seed=4)
+    spectrum = read_spectrum(tmp_path / "s")
+    eps, sigma = 0.2, 0.05
+    # the Gaussian-broadened density integrated over |λ| < ε on a fine grid (trapezoid)
+    grid = np.linspace(-eps, eps, 40001)
+    _, density = spectrum.density(grid=grid, sigma=sigma)
+    value, used = spectrum.near_zero_mass(eps, sigma)
+    assert used == eps and value == pytest.approx(np.trapezoid(density, grid), rel=1e-7)
+    per_probe = spectrum.per_probe_mass("near_zero", eps, sigma)
+    assert per_probe.mean() == pytest.approx(value, rel=1e-12)
+    # a vanishing kernel counts the nodes inside ε again; a wide one spreads mass outside
+    assert spectrum.near_zero_mass(eps, 1e-12)[0] == pytest.approx(
+        spectrum.near_zero_mass(eps)[0], abs=1e-12
+    )
+    assert spectrum.near_zero_mass(eps, 100.0)[0] < 0.01
+    write_spectrum(tmp_path / "bare", bits=2, step=5, write_ritz=False, write_density=False)
+    assert read_spectrum(tmp_path / "bare").near_zero_mass(eps, sigma) == (None, eps)
+
+
 def test_summary_only_spectrum_and_per_layer_ritz(tmp_path):
     document = write_spectrum(
         tmp_path / "bare", bits=1.58, step=5, write_ritz=False, write_density=False
