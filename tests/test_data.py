@@ -145,6 +145,47 @@ def test_dataset_without_validation_split_is_hash_split(monkeypatch):
         data.load_texts("x/y", text_field="body")
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # bound, never listening: a connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("hub", ["up", "down", "proxy"])
+def test_unreachable_hub_loads_from_the_cache_only(monkeypatch, hub):
+    import socket
+
+    import datasets
+    import datasets.config
+    import huggingface_hub.constants
+
+    for module in (datasets.config, huggingface_hub.constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", False)  # as without HF_HUB_OFFLINE set
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1] if hub == "up" else _closed_port()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        if hub == "proxy":
+            monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+        seen = []
+
+        def load_dataset(name, config, streaming=False):
+            seen.append((datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE))
+            return {"train": {"text": ["a"]}, "validation": {"text": ["v"]}}
+
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        assert data.hub_reachable(timeout=2.0) is (hub != "down")
+        assert data.load_texts("user/corpus", "heldout") == ["v"]
+    offline = hub == "down"  # offline only while loading; restored afterwards
+    assert seen == [(offline, offline)]
+    assert not datasets.config.HF_HUB_OFFLINE and not huggingface_hub.constants.HF_HUB_OFFLINE
+
+
 def test_unknown_dataset_offline_is_a_data_error():
     # conftest.py sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: the hub is "unreachable"
     with pytest.raises(DataError, match=r"dataset 'no-such-dataset-xyz' not found locally"):

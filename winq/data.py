@@ -42,9 +42,12 @@ one-line message a command can print as is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -63,6 +66,7 @@ __all__ = [
     "Position",
     "batch_iterator",
     "describe_source",
+    "hub_reachable",
     "is_heldout_index",
     "iter_tokens",
     "lm_blocks",
@@ -260,6 +264,57 @@ def _hf_error(name: str, error: Exception) -> DataError:
     return DataError(f"dataset '{name}' could not be loaded ({first})")
 
 
+HUB_PROBE_TIMEOUT = 3.0  # seconds to wait for the hub before loading from the local cache only
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether a TCP connection to the hub (``$HF_ENDPOINT``) opens within ``timeout`` seconds.
+
+    True when a proxy is configured (a direct connection proves nothing then) and when the
+    endpoint cannot be parsed, so the probe only ever turns a slow failure into a fast one.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    if not endpoint.hostname:
+        return True
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # no DNS, refused, unreachable, timed out
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Put ``datasets`` and ``huggingface_hub`` in offline mode when the hub does not answer.
+
+    Without this an unreachable hub costs about 30 s of retries (with a log line each) before
+    ``load_dataset`` gives up; in offline mode a cached dataset still loads and an uncached one
+    fails at once. Nothing changes when offline mode is already on or the hub answers.
+    """
+    import datasets.config
+    import huggingface_hub.constants
+
+    modules = [m for m in (datasets.config, huggingface_hub.constants)
+               if hasattr(m, "HF_HUB_OFFLINE")]  # fmt: skip
+    if all(m.HF_HUB_OFFLINE for m in modules) or hub_reachable():
+        yield
+        return
+    saved = [m.HF_HUB_OFFLINE for m in modules]
+    for module in modules:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, saved):
+            module.HF_HUB_OFFLINE = value
+
+
 def _hf_documents(
     name: str,
     split: str,
@@ -271,7 +326,8 @@ def _hf_documents(
     import datasets
 
     try:
-        splits = datasets.load_dataset(name, data_config, streaming=streaming)
+        with _hub_offline_unless_reachable():
+            splits = datasets.load_dataset(name, data_config, streaming=streaming)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # datasets/hub raise many types; all mean "cannot load it"
