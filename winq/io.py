@@ -3,7 +3,8 @@
 Every file goes to a temporary name in the destination folder and is renamed into place
 (``os.replace`` is atomic on POSIX within one file system). Whole folders (checkpoints,
 spectra) are built under a hidden temporary name beside the destination and swapped in with
-renames, so a reader sees either the old complete folder, the new complete folder, or nothing.
+renames, so a reader sees either the old complete folder or the new complete one (on Linux, by
+one atomic exchange of the two names; elsewhere a moment with nothing between two renames).
 This module imports only the standard library so that ``winq.plots`` can use it without torch.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "exchange_paths",
     "fsync_dir",
 ]
 
@@ -70,14 +72,53 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the system or file system cannot do it (not
+    Linux, a C library without ``renameat2``, a file system without exchange support).
+
+    Raises:
+        OSError: any other failure of the call (e.g. a missing path).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]  # fmt: skip
+    renameat2.restype = ctypes.c_int
+    code = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if code == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), os.fspath(a), None, os.fspath(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``path`` when the block succeeds.
 
     Yields the temporary folder to write into. On success an existing ``path`` (if
-    ``overwrite``) is first renamed aside, then the new folder renamed in, then the old one
-    deleted: at every instant ``path`` is absent or complete. On failure the temporary
-    folder is removed and ``path`` is untouched.
+    ``overwrite``) is exchanged with the new folder in one atomic step where the system can
+    (:func:`exchange_paths`), then deleted: ``path`` is always the old or the new complete
+    folder. Elsewhere the old folder is renamed aside, the new one renamed in, then the old one
+    deleted: ``path`` is absent for an instant, and a crash in that instant leaves the old copy
+    complete under ``.NAME.old.*`` beside it. On failure the temporary folder is removed and
+    ``path`` is untouched.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
@@ -94,10 +135,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
                 with open(os.path.join(root, name), "rb") as f:
                     os.fsync(f.fileno())
         old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old.{os.getpid()}.{time.monotonic_ns()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
+        if path.exists() and exchange_paths(tmp, path):
+            old = tmp  # now holds the previous folder
+        else:
+            if path.exists():
+                old = path.parent / f".{path.name}.old.{os.getpid()}.{time.monotonic_ns()}"
+                os.replace(path, old)
+            os.replace(tmp, path)
         fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
