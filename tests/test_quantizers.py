@@ -95,6 +95,60 @@ def test_distinct_values_per_row(rows, cols, spec, spread, seed):
         assert torch.unique(row).numel() <= allowed
 
 
+def decision_boundaries(bits: float, name: str) -> np.ndarray:
+    """The values of x = w/s where q(x) jumps from one level to the next (float64)."""
+    if name == "lsq" and bits == 1:
+        return np.array([0.0])
+    if name == "lsq":
+        half = 2 ** (int(bits) - 1)
+        return np.arange(-half, half - 1) + 0.5
+    n, shift = (1.5, 0.0) if bits == 1.58 else (2 ** (int(bits) - 1), 0.5)
+    k = np.arange(-2 * n - 1, 2 * n + 1)
+    edges = (k + 0.5 + shift) / n
+    return edges[np.abs(edges) < 0.99]
+
+
+BF16_REL = 2.0**-7  # two roundings of bfloat16 (8 significant bits): w/s, then q·s
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 48),
+    spec=st.sampled_from(list(EXPECTED_LEVELS)),
+    spread=st.floats(1e-4, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_bfloat16_matches_the_exact_grid_away_from_ties(rows, cols, spec, spread, seed):
+    """In bfloat16 (training under autocast) Q(w) is the float64 grid value to bf16 precision,
+    except where w/s lies within bf16 rounding of a decision boundary; the STE mask likewise."""
+    bits, name = spec
+    quantizer = get_quantizer(name, bits)
+    generator = torch.Generator().manual_seed(seed)
+    w = (torch.randn(rows, cols, generator=generator, dtype=torch.float64) * spread).bfloat16()
+    scale = init_scale(w.double(), quantizer, (rows, 1)).bfloat16()
+    weight = w.clone().requires_grad_(True)
+    out = fake_quantize(weight, scale, quantizer, 1.0)
+    assert out.dtype == torch.bfloat16
+    x = w.double().numpy() / scale.double().numpy()  # exact ratio of the bf16 inputs
+    level = reference_q(x, bits, name)
+    exact = level * scale.double().numpy()
+    distance = np.min(np.abs(x[..., None] - decision_boundaries(bits, name)), axis=-1)
+    safe = distance > 2 * BF16_REL * np.maximum(np.abs(x), 1e-30)
+    got = out.detach().double().numpy()
+    np.testing.assert_array_less(np.abs(got - exact)[safe], BF16_REL * np.abs(exact)[safe] + 1e-38)
+    # a tie-adjacent entry still lands on a neighbouring level, never elsewhere
+    levels = quantizer.levels.numpy()[None, None, :] * scale.double().numpy()[..., None]
+    nearest = np.min(np.abs(got[..., None] - levels), axis=-1)
+    assert np.all(nearest <= BF16_REL * np.abs(got) + 1e-38)
+    # the STE passes the gradient exactly where the exact ratio is in range (away from the edge)
+    out.sum().backward()
+    lo, hi = quantizer.clip_levels if name == "lsq" else (-0.99, 0.99)
+    mask = reference_mask(x, bits, name)
+    edge = np.minimum(np.abs(x - lo), np.abs(x - hi)) > 2 * BF16_REL * np.maximum(np.abs(x), 1)
+    np.testing.assert_array_equal(weight.grad.double().numpy()[edge], mask[edge].astype(float))
+
+
 @pytest.mark.parametrize(("bits", "name"), list(EXPECTED_LEVELS))
 def test_ste_gradient_is_range_mask(bits, name):
     generator = torch.Generator().manual_seed(2)
