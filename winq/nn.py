@@ -28,9 +28,11 @@ from torch.nn import functional as F
 
 from winq.config import QuantConfig
 from winq.quantizers import (
+    SCALE_EPS,
     fake_quantize,
     get_quantizer,
     grad_scale_factor,
+    grid_ratio,
     group_view,
     init_scale,
     quantize_activations,
@@ -143,7 +145,7 @@ class QuantLinear(nn.Linear):
         """Boolean (out, in): True where W/s lies in the range the STE passes gradient."""
         with torch.no_grad():
             w = group_view(self.weight, self.scale.shape)
-            x = w / self.scale.clamp_min(1e-5).unsqueeze(-1)
+            x = grid_ratio(w, self.scale.clamp_min(SCALE_EPS).unsqueeze(-1))
             return self.quantizer.in_range(x).reshape(self.weight.shape)
 
     def _per_weight_scale(self) -> torch.Tensor:

@@ -42,6 +42,7 @@ __all__ = [
     "fake_quantize",
     "get_quantizer",
     "grad_scale_factor",
+    "grid_ratio",
     "group_view",
     "init_scale",
     "quantize_activations",
@@ -160,6 +161,18 @@ def init_scale(
         return scale.clamp_min(SCALE_EPS).reshape(scale_shape).to(weight.dtype)
 
 
+def grid_ratio(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``w/s`` in at least float32, the precision every grid decision is made in.
+
+    In bfloat16 (8 significant bits) the SEQ step ``x·n − shift`` alone would move a weight
+    within about 0.4% of ``s`` of zero onto the level of the wrong sign; half-precision
+    weights are therefore quantized in float32 and the result cast back. A no-op for float32
+    and float64 inputs.
+    """
+    dtype = torch.promote_types(torch.promote_types(w.dtype, s.dtype), torch.float32)
+    return w.to(dtype) / s.to(dtype)
+
+
 def fake_quantize(
     weight: torch.Tensor,
     scale: torch.Tensor,
@@ -175,17 +188,18 @@ def fake_quantize(
         grad_scale: the factor g multiplying the scale gradient.
 
     Returns:
-        A tensor of ``weight``'s shape whose value is exactly ``s·q(w/s)``.
+        A tensor of ``weight``'s shape whose value is exactly ``s·q(w/s)`` (for half-precision
+        inputs: computed in float32, then rounded once to the input's dtype).
     """
     shape = weight.shape
     w = group_view(weight, scale.shape)  # (rows, groups, group_len)
     s = scale.clamp_min(SCALE_EPS).unsqueeze(-1)  # (rows, groups, 1)
     with torch.no_grad():
-        x = w / s
+        x = grid_ratio(w, s)
         q = quantizer.q(x)
-        value = q * s
+        value = (q * s.to(x.dtype)).to(w.dtype)
         mask = quantizer.in_range(x).to(w.dtype)
-        coefficient = quantizer.scale_coefficient(x, q)
+        coefficient = quantizer.scale_coefficient(x, q).to(w.dtype)
     # Each added term is exactly zero in value and carries one gradient path.
     out = value + (w - w.detach()) * mask
     if s.requires_grad:
