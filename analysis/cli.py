@@ -420,9 +420,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _measure(args, params, ckpt: Path | None, dist, torch) -> int:
-    from winq.analysis.hvp import select_parameters
-    from winq.analysis.measure import measure_spectrum
-    from winq.checkpoint import load
+    from winq import distributed
+    from winq.cli import RuntimeFailure
 
     default = ckpt is None
     if default:
@@ -431,6 +430,64 @@ def _measure(args, params, ckpt: Path | None, dist, torch) -> int:
     out = Path(args.out) if args.out is not None else Path("spectra") / _default_name(ckpt, bits)
     if args.out is None:
         _check_out(out, args.overwrite)
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = _lock_out(out, args.overwrite)
+        except (UsageError, RuntimeFailure) as e:
+            refusal = e
+    refusal = distributed.broadcast_object(refusal)  # every rank stops, none waits alone
+    if refusal is not None:
+        raise refusal
+    try:
+        return _measure_into(out, args, params, ckpt, bits, default, dist, torch)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def out_lock_path(out: Path) -> Path:
+    """The lock file of an ``--out`` path: one per resolved path, in the winq cache."""
+    import hashlib
+
+    from winq.embedded import cache_dir
+
+    key = hashlib.sha256(str(out.absolute().resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "locks" / f"spectrum-{key}.lock"
+
+
+def _lock_out(out: Path, overwrite: bool):
+    """Hold a lock on ``--out`` while measuring, so that two runs never race to it.
+
+    The lock file lives in the winq cache (``locks/spectrum-<hash of the path>.lock``), not
+    beside ``--out``: a refused or failed run leaves nothing in the user's folders. The check
+    of ``--out`` is repeated under the lock: a run that finished while this one started would
+    otherwise be replaced without ``--overwrite``.
+    """
+    from winq.cli import RuntimeFailure
+    from winq.io import FileLock, LockedError
+
+    lock = FileLock(out_lock_path(out), blocking=False)
+    try:
+        lock.acquire()
+    except LockedError:
+        raise RuntimeFailure(
+            f"--out {str(out)!r} is being written by another winq-spectrum run "
+            f"(lock {str(lock.path)!r}); wait for it or choose another --out"
+        ) from None
+    try:
+        _check_out(out, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _measure_into(out: Path, args, params, ckpt: Path, bits, default: bool, dist, torch) -> int:
+    from winq.analysis.hvp import select_parameters
+    from winq.analysis.measure import measure_spectrum
+    from winq.checkpoint import load
+
     if default:
         _check_context(ckpt, args.seq_len)
     if args.batches < dist.world_size:

@@ -152,6 +152,26 @@ def test_requantize_and_existing_out(checkpoints, tmp_path, capsys):
     assert Spectrum.load(out).metadata["seed"] == 1
 
 
+def test_two_runs_on_one_out_never_race(checkpoints, tmp_path, capsys, monkeypatch):
+    from winq.analysis.cli import out_lock_path
+    from winq.io import FileLock
+
+    out = tmp_path / "spec"
+    monkeypatch.chdir(tmp_path)
+    lock = out_lock_path(out)
+    assert lock == out_lock_path(Path("spec")) and tmp_path not in lock.parents
+    args = ["--ckpt", checkpoints["w2"], *MINI, "--out", "spec"]
+    with FileLock(lock, blocking=False):  # another run is measuring into the same folder
+        code, _, stderr = run_main(args, capsys)
+    assert code == 1 and "being written by another winq-spectrum run" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no lock left
+    code, _, stderr = run_main(args, capsys)  # free again: the run goes ahead
+    assert code == 0, stderr
+    with FileLock(lock, blocking=False):  # and released its own lock when it finished
+        assert Spectrum.load(out).metadata["seed"] == 0
+
+
 # bad inputs that can only be seen with the model (its parameter names) or the data loaded
 NEEDS_THE_MODEL = {"no_such_parameter", "100000 batches x", "{empty}"}
 
