@@ -18,7 +18,10 @@ and reports, per bit width, for each WinQ mode against the baseline of the same 
   (updates the mode needs to first reach that loss), read off the held-out evaluations
   (every ``--eval-every`` updates; "not reached" if it never does, which means < 1×);
 * **final loss at equal steps**: the mode's final held-out loss, and its relative
-  improvement over the baseline's, ``(L_base - L_mode) / L_base``.
+  improvement over the baseline's, ``(L_base - L_mode) / L_base``;
+* **speedup to intermediate targets** (``--targets``, fractions f of the run): the same ratio
+  for the loss the baseline has reached after f·T updates, so that a mode that is ahead early
+  but behind at the end shows as such.
 
 ``--variant NAME=FLAGS`` adds guided runs with other controller settings (mode
 ``guided-NAME``), so that the benchmark can decide the controller's defaults.
@@ -254,6 +257,9 @@ def main() -> int:
     )
     p.add_argument("--out", default="runs/bench-winq-speedup")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--targets", nargs="+", type=float, default=[0.25, 0.5, 0.75],
+                   help="also report speedups to the baseline's loss after these fractions "
+                   "of the run")  # fmt: skip
     args = p.parse_args()
     args.variants = {}
     for item in args.variant:
@@ -307,6 +313,7 @@ def main() -> int:
     for bits in args.bits:
         for mode in [m for m in args.modes if m != "baseline"]:
             speedups, gains, finals, base_finals, overheads = [], [], [], [], []
+            partial: dict[float, list] = {f: [] for f in args.targets}
             for seed in args.seeds:
                 base = results["runs"].get(run_folder(args, bits, seed, "baseline").name)
                 mine = results["runs"].get(run_folder(args, bits, seed, mode).name)
@@ -321,6 +328,9 @@ def main() -> int:
                 final, base_final = mine["curve"][-1][1], target
                 gain = (base_final - final) / base_final
                 overhead = mine["summary"].get("controller_overhead")
+                for fraction in args.targets:
+                    partial[fraction].append(intermediate_speedup(base["curve"], mine["curve"],
+                                                                  fraction))  # fmt: skip
                 speedups.append(speedup)
                 gains.append(gain)
                 finals.append(final)
@@ -339,7 +349,8 @@ def main() -> int:
                     {"bits": bits, "mode": mode, "seed": seed, "speedup": speedup,
                      "baseline_steps": base_steps, "mode_steps": mode_steps,
                      "final": final, "baseline_final": base_final, "gain": gain,
-                     "controller_overhead": overhead}
+                     "controller_overhead": overhead,
+                     "intermediate": {str(f): partial[f][-1] for f in args.targets}}
                 )  # fmt: skip
             if not speedups:
                 continue
@@ -350,9 +361,28 @@ def main() -> int:
                 f"seeds; final loss {statistics.mean(finals):.4f} vs baseline "
                 f"{statistics.mean(base_finals):.4f} (mean {statistics.mean(gains):+.2%})"
             )
+            for fraction, values in partial.items():
+                ratios = [v for v in values if v is not None]
+                shown = " ".join(_ratio(v) for v in values)
+                print(
+                    f"{_ratio(statistics.median(ratios)) if len(ratios) == len(values) else 'n/a'}"
+                    f" median speedup  w{bits} {mode} to the baseline's loss at "
+                    f"{fraction:.0%} of the run (per seed: {shown})"
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def intermediate_speedup(base: list, mine: list, fraction: float) -> float | None:
+    """Speedup to the loss the baseline has reached after ``fraction`` of its updates."""
+    last = base[-1][0]
+    reached = [loss for step, loss in base if 0 < step <= fraction * last]
+    if not reached:
+        return None
+    target = min(reached)
+    base_steps, mode_steps = steps_to_reach(base, target), steps_to_reach(mine, target)
+    return base_steps / mode_steps if mode_steps else None
 
 
 def _ratio(value: float | None) -> str:
