@@ -33,7 +33,9 @@ point's held-out loss is measured on the runs' held-out batches and printed besi
 losses. One line per comparison, ratio first. Run folders are kept under ``--out`` and reused
 when complete, so an interrupted benchmark continues where it stopped::
 
-    python bench/winq_speedup.py --preset small --bits 1 1.58 2 --seeds 0 1 2 --pretrain-steps 4000
+    python bench/winq_speedup.py --preset small --bits 1 1.58 2 --seeds 0 1 2 --pretrain-steps 2000 \
+        --train-flags="--batch-size 8" --eval-batches 8 --jobs 2 --budget 7200 \
+        --run-timeout 1500 --out runs/bench-small --json runs/bench-small/results.json
     python bench/winq_speedup.py --preset tiny --bits 2 1.58 3 --seeds 0 \
         --train-flags="--batch-size 8" --eval-every 15 --budget 1000
 """
@@ -370,7 +372,9 @@ def main() -> int:
                     f"{fraction:.0%} of the run (per seed: {shown})"
                 )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        from winq.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=1))
     return 0
 
 
