@@ -22,6 +22,10 @@ with ``g = 1/sqrt(numel(W)·Qp)``, ``Qp = max(1, 2^(b-1) - 1)`` as in the refere
 range is ``-2^(b-1) <= x <= 2^(b-1)-1`` for LSQ, ``|x| <= 1`` for 1 bit and ``|x| <= 0.99`` for SEQ
 (inclusive, like the reference's backward). Scales are clamped below at 1e-5.
 
+Every level owns a rounding cell, the in-range ``x`` that ``q`` maps to it (:attr:`Quantizer.cells`;
+the integer index of the level is :meth:`Quantizer.level_index`, computed by ``q``'s own float
+arithmetic); :mod:`winq.nn` measures where latent weights sit inside their cells with them.
+
 The STE is written with detached terms whose value is exactly zero rather than with an
 ``autograd.Function``: the forward value is bit-identical to ``s·q(w/s)``, the weight gradient
 is exactly the mask, and both double backward and forward-mode AD (``torch.func.jvp``) work,
@@ -94,6 +98,55 @@ class Quantizer:
         n, shift = self.seq_n_shift
         qp = (n - shift) / n
         return -qp, qp
+
+    @property
+    def ste_range(self) -> tuple[float, float]:
+        """(lower, upper) edge of the range where the STE passes gradient, in units of s.
+
+        Inclusive, as :meth:`in_range`. For LSQ it is :attr:`clip_levels`; for SEQ it is
+        ±0.99, beyond the outermost level (which is ±(n - shift)/n).
+        """
+        if self.name == "lsq":
+            return self.clip_levels
+        return -SEQ_CLIP, SEQ_CLIP
+
+    @property
+    def cells(self) -> torch.Tensor:
+        """(levels, 2) float64: the [lower, upper] edges of each level's rounding cell within
+        the STE range, in units of s, rows in the order of :attr:`levels`.
+
+        A cell is the set of in-range ``x`` that ``q`` rounds to that level. Its edges are the
+        midpoints between neighbouring levels (for SEQ, ``(k + shift ± 1/2)/n``), the range
+        edges for the outermost cells, and 0 between 1-bit LSQ's two levels, which therefore
+        sit at the outer edge of their cells. Which cell a midpoint belongs to is decided by
+        ``torch.round`` (half to even); both neighbours list it as an edge.
+        """
+        low, high = self.ste_range
+        if self.name == "lsq" and self.bits == 1:
+            return torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        if self.name == "lsq":
+            centres = self.levels
+            edges = torch.stack([centres - 0.5, centres + 0.5], dim=-1)
+        else:
+            n, shift = self.seq_n_shift
+            indices = torch.round(self.levels * n - shift)  # the integers k of (k + shift)/n
+            edges = torch.stack([indices + shift - 0.5, indices + shift + 0.5], dim=-1) / n
+        return edges.clamp(low, high)
+
+    def level_index(self, x: torch.Tensor) -> torch.Tensor:
+        """The index into :attr:`levels` of ``q(x)`` (int64), by ``q``'s own arithmetic.
+
+        Each branch repeats the expression :meth:`q` evaluates, stopping at the integer it
+        derives the level from, so ``levels[level_index(x)] == q(x)`` for every ``x``.
+        """
+        if self.name == "lsq":
+            if self.bits == 1:
+                return (x >= 0).long()
+            half = 2 ** (int(self.bits) - 1)
+            return (torch.clamp(torch.round(x), -half, half - 1) + half).long()
+        n, shift = self.seq_n_shift
+        lowest = round(-SEQ_CLIP * n - shift)
+        return (torch.round(torch.clamp(x, -SEQ_CLIP, SEQ_CLIP) * n - shift) - lowest).long()
 
     def q(self, x: torch.Tensor) -> torch.Tensor:
         """Round ``x = w/s`` to the grid (no gradient)."""
