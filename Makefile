@@ -29,8 +29,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# ruff, and the import layers (import-linter contracts in setup.cfg; also run by the tests)
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python tools/lint_layers.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -36,6 +36,12 @@ so no NaN can appear.
 Coefficients :math:`\alpha, \beta` are accumulated in float64 whatever the operator's dtype;
 inner products of reduced-precision vectors use pairwise summation (``torch.sum``), whose
 error grows like :math:`\log n` rather than :math:`n`.
+
+Inner products, norms and the reorthogonalisation coefficients go through the operator's
+vector space (:func:`~winq.analysis.operator.vector_space`): for a sharded operator each rank
+holds its slice of every Lanczos vector (and of the basis) and the partial sums are
+all-reduced, so every rank computes the same :math:`\alpha, \beta` and the same Ritz values
+as one process would.
 """
 
 from __future__ import annotations
@@ -48,22 +54,12 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from winq.analysis.operator import check_vector
-from winq.analysis.probes import make_generator, random_vectors
+from winq.analysis.operator import VectorSpace, check_vector, dot, vector_space
 
-__all__ = ["LanczosResult", "lanczos", "lanczos_tridiagonal", "tridiagonal_eigh"]
+__all__ = ["LanczosResult", "dot", "lanczos", "lanczos_tridiagonal", "tridiagonal_eigh"]
 
 REORTH_MODES = ("none", "full")
 _DGKS = 1.0 / math.sqrt(2.0)
-
-
-def dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``a·b`` as a Python float; float64 BLAS for float64, pairwise summation otherwise."""
-    if a.dtype == torch.float64:
-        return float(torch.dot(a, b))
-    if a.dtype in (torch.float16, torch.bfloat16):
-        a, b = a.float(), b.float()
-    return float(torch.sum(a * b))
 
 
 def default_breakdown_tol(dtype: torch.dtype) -> float:
@@ -110,7 +106,7 @@ def lanczos_tridiagonal(
 
     Args:
         op: an operator (``num_params``, ``dtype``, ``device``, ``@``).
-        v0: ``(n,)`` start vector, nonzero.
+        v0: ``(n,)`` start vector, nonzero (this rank's slice for a sharded operator).
         steps: maximum number of steps m (≥ 1); fewer on breakdown.
         reorth: ``"none"`` (three vectors in memory) or ``"full"`` (basis kept).
         basis_device: where the full basis lives (default: the operator's device).
@@ -127,22 +123,24 @@ def lanczos_tridiagonal(
     if reorth not in REORTH_MODES:
         raise ValueError(f"reorth must be one of {REORTH_MODES}, got {reorth!r}")
     steps = int(steps)
-    n = op.num_params
-    check_vector(v0, n)
+    space = vector_space(op)
+    check_vector(v0, space.local_size)
     if v0.ndim != 1:
         raise ValueError("v0 must be a single vector of shape (n,)")
-    steps = min(steps, n)  # a Krylov space cannot exceed the dimension
+    steps = min(steps, op.num_params)  # a Krylov space cannot exceed the dimension
     tol = default_breakdown_tol(op.dtype) if breakdown_tol is None else float(breakdown_tol)
 
     v = v0.detach().to(device=op.device, dtype=op.dtype).clone()
-    norm = math.sqrt(dot(v, v))
+    norm = space.norm(v)
     if not norm > 0 or not math.isfinite(norm):
         raise ValueError("the start vector must be nonzero and finite")
     v.div_(norm)
 
     basis = None
     if reorth == "full":
-        basis = torch.empty((steps, n), dtype=op.dtype, device=basis_device or op.device)
+        basis = torch.empty(
+            (steps, space.local_size), dtype=op.dtype, device=basis_device or op.device
+        )
 
     alpha: list[float] = []
     beta: list[float] = []
@@ -157,11 +155,11 @@ def lanczos_tridiagonal(
             w = w.to(op.dtype)
         if v_prev is not None:
             w.sub_(v_prev, alpha=beta[-1])
-        a = dot(w, v)
+        a = space.dot(w, v)
         w.sub_(v, alpha=a)
         if basis is not None:
-            w = _reorthogonalise(w, basis[: j + 1])
-        b = math.sqrt(max(dot(w, w), 0.0))
+            w = _reorthogonalise(w, basis[: j + 1], space)
+        b = space.norm(w)
         alpha.append(a)
         beta.append(b)
         norm_estimate = max(norm_estimate, abs(a) + b + (beta[-2] if j > 0 else 0.0))
@@ -187,15 +185,15 @@ def lanczos_tridiagonal(
     )
 
 
-def _reorthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def _reorthogonalise(w: torch.Tensor, basis: torch.Tensor, space: VectorSpace) -> torch.Tensor:
     """Classical Gram–Schmidt of ``w`` against the rows of ``basis``, twice if needed (DGKS)."""
     device = w.device
     on_basis = w.to(basis.device)
-    before = math.sqrt(max(dot(on_basis, on_basis), 0.0))
+    before = space.norm(on_basis)
     for _ in range(2):
-        coefficients = torch.mv(basis, on_basis)  # (j,)
+        coefficients = space.reduce(torch.mv(basis, on_basis))  # (j,)
         on_basis = on_basis - torch.mv(basis.T, coefficients)
-        after = math.sqrt(max(dot(on_basis, on_basis), 0.0))
+        after = space.norm(on_basis)
         if after > _DGKS * before:
             break
         before = after
@@ -258,7 +256,8 @@ class LanczosResult:
         breakdown: an invariant subspace was found (the eigenvalues are then exact).
         true_residuals: ``(r,)`` :math:`\\lVert H y_j - \\theta_j y_j \\rVert` for the Ritz
             pairs in ``ritz_indices`` (only when requested).
-        ritz_vectors: ``(n, r)`` unit Ritz vectors :math:`y_j` for ``ritz_indices``.
+        ritz_vectors: ``(n, r)`` unit Ritz vectors :math:`y_j` for ``ritz_indices`` (this
+            rank's rows for a sharded operator).
         ritz_indices: indices into ``eigenvalues``.
         num_matvecs: operator products used.
     """
@@ -331,9 +330,10 @@ def lanczos(
         raise ValueError("true_residuals needs the Lanczos basis: use reorth='full'")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    space = vector_space(op)
     if v0 is None:
-        generator = make_generator(seed, op.device)
-        v0 = random_vectors(op.num_params, None, distribution, generator, op.dtype, op.device)
+        generator = space.generator(seed, op.device)
+        v0 = space.random(None, distribution, generator, op.dtype, op.device)
     stop = None if tol is None else _converged_test(float(tol), int(num_converged), which)
     run = lanczos_tridiagonal(op, v0, steps, reorth, basis_device, breakdown_tol, stop=stop)
     theta, vectors = tridiagonal_eigh(run.alpha, run.beta)
@@ -358,10 +358,10 @@ def lanczos(
             indices = np.concatenate([np.arange(k), np.arange(m - k, m)])
         s = torch.as_tensor(vectors[:, indices], dtype=run.basis.dtype, device=run.basis.device)
         y = (run.basis.T @ s).to(op.device)  # (n, r)
-        y = y / torch.linalg.vector_norm(y.double(), dim=0).to(y.dtype)
+        y = y / space.column_norms(y).to(y.dtype)
         hy = op @ y
         thetas = torch.as_tensor(theta[indices], dtype=y.dtype, device=y.device)
-        res = torch.linalg.vector_norm((hy - y * thetas).double(), dim=0)
+        res = space.column_norms(hy - y * thetas)
         result.true_residuals = res.cpu().numpy()
         result.ritz_vectors = y
         result.ritz_indices = indices

@@ -4,9 +4,9 @@
 density of the selected parameters' Hessian (optionally per transformer block and per module
 kind), the extreme eigenvalues by full-reorthogonalisation Lanczos with their residuals, a
 Hutch++ trace, and — for a quantized model — the fraction of the selected latent weights that
-the quantizer clips (DESIGN.md: the straight-through estimator gives those weights zero
-gradient, so they contribute exact zero eigenvalues; the clipped fraction is the part of the
-near-zero mass that is saturation rather than flatness). Everything measured is recorded in
+the quantizer clips (the straight-through estimator gives those weights zero gradient, so each
+contributes an exact zero eigenvalue, :mod:`winq.quantizers`; the clipped fraction is the part
+of the near-zero mass that is saturation rather than flatness). Everything measured is recorded in
 the spectrum's metadata, so a saved folder says how it was made.
 
 This module is where the estimators meet the core: it recognises ``QuantLinear`` layers and
@@ -70,7 +70,7 @@ def measure_spectrum(
     *,
     params: str | Sequence[str] = "linear",
     probes: int = 8,
-    steps: int = 60,
+    steps: int | Sequence[int] = 60,
     reorth: str = "none",
     top_k: int = 0,
     top_k_steps: int = TOP_K_STEPS,
@@ -80,6 +80,7 @@ def measure_spectrum(
     eps: float = diagnostics.DEFAULT_ZERO_EPS,
     relative: bool = False,
     sigma: float = diagnostics.DEFAULT_SIGMA,
+    ci: float = diagnostics.DEFAULT_CI,
     per_layer: bool = False,
     group_by: Sequence[str] = GROUPINGS,
     process_group=None,
@@ -95,7 +96,10 @@ def measure_spectrum(
         batches: this rank's batches (dicts with ``input_ids`` and optional ``labels`` /
             ``attention_mask``).
         params: parameter selection, as in :func:`~winq.analysis.hvp.select_parameters`.
-        probes, steps, reorth, seed: SLQ settings (:func:`~winq.analysis.slq.slq`).
+        probes, steps, reorth, seed: SLQ settings (:func:`~winq.analysis.slq.slq`). Several
+            ``steps`` (e.g. ``[30, 60, 120]``) run the largest once and record the others in
+            ``metadata["report_steps"]``: the saved summary then has the diagnostics at each
+            (``by_steps``), from the same probes (:meth:`~winq.analysis.Spectrum.at_steps`).
         top_k: also compute the ``top_k`` eigenvalues of largest magnitude by full-reorth
             Lanczos (at most ``top_k_steps`` products, stopping at relative residual
             :data:`TOP_K_TOL`), with residual bounds; 0 skips it.
@@ -104,6 +108,7 @@ def measure_spectrum(
         backend: ``"double_backward"`` or ``"func"``.
         eps, relative, sigma: near-zero threshold and density broadening saved with the
             spectrum (the summary uses them).
+        ci: confidence level of the intervals over probes in the summary.
         per_layer: also one spectrum per group of ``group_by`` (transformer block
             ``layer.<i>`` and module kind ``kind.<q_proj>``...), stored in ``blocks``.
         process_group: all-reduce products over this group (data parallel).
@@ -119,6 +124,10 @@ def measure_spectrum(
     Raises:
         ValueError: an empty selection, bad estimator settings.
     """
+    report_steps = sorted({int(m) for m in steps}) if isinstance(steps, Sequence) else None
+    if report_steps is not None and not report_steps:
+        raise ValueError("steps must name at least one number of Lanczos steps")
+    steps = max(report_steps) if report_steps else steps
     for name, value, low in (("probes", probes, 1), ("steps", steps, 1), ("top_k", top_k, 0),
                              ("top_k_steps", top_k_steps, 1), ("trace", trace, 0)):  # fmt: skip
         if int(value) != value or value < low:
@@ -179,6 +188,9 @@ def measure_spectrum(
     facts = quantization_facts(model, names)
     extra.update(facts)
     spectrum.eps, spectrum.relative, spectrum.sigma = float(eps), bool(relative), float(sigma)
+    spectrum.ci = float(ci)
+    if report_steps is not None and len(report_steps) > 1:
+        extra["report_steps"] = report_steps
     if per_layer and facts["clipped_fraction"] is not None:
         from winq.nn import clipped_fraction
 
@@ -188,6 +200,7 @@ def measure_spectrum(
             block.metadata["clipped_fraction"] = clipped_fraction(model, weights)
     for block in spectrum.blocks.values():
         block.eps, block.relative, block.sigma = spectrum.eps, spectrum.relative, spectrum.sigma
+        block.ci = spectrum.ci
     spectrum.metadata.update(extra)
     spectrum.metadata["near_zero_eps"] = float(eps)
     spectrum.metadata["near_zero_relative"] = bool(relative)

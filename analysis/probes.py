@@ -8,7 +8,9 @@ have the smaller variance, :math:`2(\|H\|_F^2 - \sum_i H_{ii}^2)` against
 normalised probe :math:`v/\sqrt{n}` still gives an unbiased :math:`\operatorname{tr}(f(H))/n`.
 
 Probes are drawn from a ``torch.Generator`` seeded once per call on the operator's device,
-so a seed reproduces the same estimate, and every data-parallel rank draws the same vectors.
+so a seed reproduces the same estimate, and every data-parallel rank draws the same vectors;
+the ranks of a sharded operator keep their slices of those same vectors
+(:meth:`winq.analysis.sharded.ShardedVectorSpace.random`).
 """
 
 from __future__ import annotations

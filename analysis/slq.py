@@ -16,13 +16,23 @@ Algorithm 1; Ghorbani, Krishnan & Xiao 2019 and PyHessian (Yao et al. 2020) for 
 Hessians).
 
 Defaults (probes 8, steps 60, no reorthogonalisation) follow the WinQ notebooks' 60 Lanczos
-steps without reorthogonalisation (PAPER.md); without reorthogonalisation only three vectors
+steps without reorthogonalisation (Li et al., "WinQ", arXiv 2605.17471, and its reference code
+github.com/facebookresearch/WinQ); without reorthogonalisation only three vectors
 are kept, so memory is O(n) whatever m is, and the quadrature stays accurate in finite
 precision although converged Ritz values may appear several times with split weight
 (Knizhnerman 1996). The tridiagonal is handled in float64 by
 ``scipy.linalg.eigh_tridiagonal``. A probe whose Lanczos process breaks down early (an
 invariant subspace) yields fewer, exact, nodes; see :class:`~winq.analysis.spectrum.Spectrum`
 for how it is padded.
+
+Each probe's Lanczos coefficients are returned too (``spectrum.lanczos_alpha``,
+``spectrum.lanczos_beta``, NaN after a breakdown): the recurrence of m steps contains that of
+every m' < m, so the quadrature at fewer steps is the eigen-decomposition of the leading
+:math:`m' \times m'` block of :math:`T_m`, with no further product.
+
+On a sharded operator (an FSDP-sharded model) the probes are the global vectors one process
+on CPU would draw with the same seed, each rank keeping its slice, and the inner products are
+all-reduced; the spectrum is then the single-process one up to round-off.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import numpy as np
 import torch
 
 from winq.analysis.lanczos import lanczos_tridiagonal, tridiagonal_eigh
-from winq.analysis.probes import make_generator, random_vectors
+from winq.analysis.operator import vector_space
 from winq.analysis.spectrum import Spectrum, pad_ragged
 
 __all__ = ["environment", "slq"]
@@ -77,7 +87,10 @@ def slq(
 
     Returns:
         A :class:`~winq.analysis.spectrum.Spectrum` with ``(probes, min(steps, n))`` nodes and
-        weights; each probe's weights sum to 1.
+        weights; each probe's weights sum to 1. Its ``lanczos_alpha`` and ``lanczos_beta``
+        are the float64 coefficients ``(probes, min(steps, n))`` of each probe's recurrence
+        (``beta[p, j]`` couples steps j and j+1; the last is the final residual norm),
+        NaN-padded after a breakdown.
 
     Raises:
         ValueError: ``probes`` or ``steps`` below 1, unknown ``reorth``/``distribution``.
@@ -91,14 +104,17 @@ def slq(
     probes, steps = int(probes), int(steps)
     n = op.num_params
     width = min(steps, n)
-    generator = make_generator(seed, op.device)
+    space = vector_space(op)
+    generator = space.generator(seed, op.device)
     start = time.perf_counter()
     matvecs_before = getattr(op, "num_matvecs", None)
     rows_nodes, rows_weights, breakdowns = [], [], 0
+    alphas = np.full((probes, width), np.nan)  # (probes, steps)
+    betas = np.full((probes, width), np.nan)
     bar = tqdm(total=probes * width, disable=not progress, desc="slq", unit="hvp", leave=False)
     try:
-        for _ in range(probes):
-            v0 = random_vectors(n, None, distribution, generator, op.dtype, op.device)
+        for probe in range(probes):
+            v0 = space.random(None, distribution, generator, op.dtype, op.device)
             run = lanczos_tridiagonal(
                 op,
                 v0,
@@ -115,6 +131,8 @@ def slq(
             tau = tau / tau.sum()  # orthonormal columns: a round-off correction only
             rows_nodes.append(theta)
             rows_weights.append(tau)
+            alphas[probe, : run.steps] = run.alpha
+            betas[probe, : run.steps] = run.beta
             breakdowns += bool(run.breakdown)
     finally:
         bar.close()
@@ -136,4 +154,11 @@ def slq(
     info.update(environment())
     info.update(metadata or {})
     info.setdefault("num_params", n)
-    return Spectrum(np.asarray(nodes), np.asarray(weights), metadata=info, mask=mask)
+    return Spectrum(
+        np.asarray(nodes),
+        np.asarray(weights),
+        metadata=info,
+        mask=mask,
+        lanczos_alpha=alphas,
+        lanczos_beta=betas,
+    )

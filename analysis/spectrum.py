@@ -9,19 +9,20 @@ the probe's largest node, and ``mask`` marks the real entries: every weighted st
 the extreme nodes are unchanged by the padding. On disk, ``ritz.parquet`` stores only the
 real nodes (ragged), and :meth:`Spectrum.load` pads again the same way.
 
-Folder format (docs/formats.md, format_version 1), written atomically with
-:func:`winq.io.atomic_dir`:
+A spectrum measured by :func:`~winq.analysis.slq` also keeps each probe's Lanczos coefficients
+(``lanczos_alpha``, ``lanczos_beta``, ``(probes, steps)``). They give each node's residual
+bound :math:`|\beta_m s_{mj}|`, which the summary uses to decide which masses the quadrature
+resolves (:mod:`winq.quadrature`), and any shorter run from the same probes: the recurrence
+of m steps contains that of every m' < m, so :meth:`Spectrum.at_steps` reports the
+diagnostics at 30, 60 and 120 steps from one run of 120.
 
-* ``spectrum.json`` — ``format_version``, ``kind``, ``metadata``, ``summary`` and, for
-  per-block runs, ``blocks`` (``{name: {"num_params", "summary"}}``);
-* ``ritz.parquet`` — columns ``probe``, ``node``, ``weight`` (+ ``block``, ``"all"`` for the
-  whole selection, in per-block runs);
-* ``density.parquet`` — columns ``lambda``, ``density`` for the whole selection.
+The folder format (``spectrum.json``, ``ritz.parquet``, ``lanczos.parquet``,
+``density.parquet``; docs/formats.md) is defined, written and read by :mod:`winq.spectrumfile`,
+the one place that knows it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,55 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from winq.analysis import diagnostics
-from winq.io import atomic_dir, atomic_write_json
+from winq import quadrature as diagnostics
+from winq import spectrumfile
+from winq.quadrature import pad_ragged
 
-__all__ = ["FORMAT_VERSION", "Spectrum"]
+__all__ = ["FORMAT_VERSION", "Spectrum", "pad_ragged"]
 
-FORMAT_VERSION = 1
-KIND = "winq-spectrum"
-ALL_BLOCK = "all"
-
-
-def _jsonable(value):
-    """Convert numpy scalars/arrays and non-finite floats (to None) for standard JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
-def pad_ragged(
-    rows_nodes: Sequence[np.ndarray], rows_weights: Sequence[np.ndarray], width: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stack ragged per-probe rules into ``(probes, width)`` arrays plus the mask.
-
-    Padding: weight 0 and node equal to the probe's largest node.
-    """
-    width = max([len(r) for r in rows_nodes] + [0]) if width is None else int(width)
-    probes = len(rows_nodes)
-    nodes = np.zeros((probes, width), dtype=np.float64)
-    weights = np.zeros((probes, width), dtype=np.float64)
-    mask = np.zeros((probes, width), dtype=bool)
-    for p, (theta, tau) in enumerate(zip(rows_nodes, rows_weights)):
-        count = len(theta)
-        order = np.argsort(theta, kind="stable")
-        nodes[p, :count] = np.asarray(theta, dtype=np.float64)[order]
-        weights[p, :count] = np.asarray(tau, dtype=np.float64)[order]
-        mask[p, :count] = True
-        if count:
-            nodes[p, count:] = nodes[p, count - 1]
-    return nodes, weights, mask
+FORMAT_VERSION = spectrumfile.FORMAT_VERSION
 
 
 class Spectrum:
@@ -93,8 +52,11 @@ class Spectrum:
         trace, trace_stderr: a Hutchinson/Hutch++ estimate; the summary falls back to the
             SLQ estimate :math:`n\\cdot\\overline{\\sum_j\\tau_j\\theta_j}` when absent.
         trace_method: how ``trace`` was obtained (e.g. ``"hutch++"``).
-        eps, relative, sigma: defaults :meth:`summary` and :meth:`density` use (the ones
-            saved with the spectrum).
+        eps, relative, sigma, ci: defaults :meth:`summary` and :meth:`density` use (the ones
+            saved with the spectrum; ``ci`` is the confidence level of the intervals).
+        lanczos_alpha, lanczos_beta: each probe's tridiagonal, ``(probes, steps)`` float64,
+            NaN after a breakdown (``beta[:, j]`` couples steps j and j+1; the last is the
+            final residual norm), or None when unknown (spectra saved before they were kept).
     """
 
     def __init__(
@@ -111,6 +73,9 @@ class Spectrum:
         eps: float = diagnostics.DEFAULT_ZERO_EPS,
         relative: bool = False,
         sigma: float = diagnostics.DEFAULT_SIGMA,
+        lanczos_alpha=None,
+        lanczos_beta=None,
+        ci: float = diagnostics.DEFAULT_CI,
     ) -> None:
         nodes = np.asarray(nodes, dtype=np.float64)
         weights = np.asarray(weights, dtype=np.float64)
@@ -134,6 +99,9 @@ class Spectrum:
         self.eps = float(eps)
         self.relative = bool(relative)
         self.sigma = float(sigma)
+        self.ci = float(ci)
+        self.lanczos_alpha = None if lanczos_alpha is None else np.asarray(lanczos_alpha, float)
+        self.lanczos_beta = None if lanczos_beta is None else np.asarray(lanczos_beta, float)
 
     # -- basic facts
 
@@ -156,6 +124,50 @@ class Spectrum:
             f"Spectrum(probes={self.probes}, steps={self.nodes.shape[1]}, "
             f"num_params={self.num_params}{extra})"
         )
+
+    @property
+    def residuals(self) -> np.ndarray | None:
+        """``(probes, steps)`` residual bound of every node, aligned with :attr:`nodes` (None
+        without the Lanczos coefficients)."""
+        if self.lanczos_alpha is None or self.lanczos_beta is None:
+            return None
+        _, _, _, residuals = diagnostics.rules_from_tridiagonals(
+            self.lanczos_alpha, self.lanczos_beta
+        )
+        if residuals.shape[0] != self.probes or residuals.shape[1] > self.nodes.shape[1]:
+            return None
+        out = np.full(self.nodes.shape, np.inf)  # padding (after a breakdown) is never counted
+        out[:, : residuals.shape[1]] = residuals
+        return out
+
+    def at_steps(self, steps: int) -> Spectrum:
+        """The spectrum the first ``steps`` Lanczos steps of the same probes give (the leading
+        part of each saved tridiagonal), with the same metadata and conventions.
+
+        Raises:
+            ValueError: no Lanczos coefficients, or ``steps`` outside [1, steps run].
+        """
+        if self.lanczos_alpha is None or self.lanczos_beta is None:
+            raise ValueError(
+                "this spectrum has no Lanczos coefficients (saved before they were kept)"
+            )
+        ran = self.lanczos_alpha.shape[1]
+        if int(steps) != steps or not 1 <= steps <= ran:
+            raise ValueError(f"steps must be an integer in [1, {ran}], got {steps}")
+        steps = int(steps)
+        nodes, weights, mask, _ = diagnostics.rules_from_tridiagonals(
+            self.lanczos_alpha, self.lanczos_beta, steps
+        )
+        metadata = {**self.metadata, "lanczos_steps": steps}
+        return Spectrum(
+            nodes, weights, metadata, mask, eps=self.eps, relative=self.relative,
+            sigma=self.sigma, lanczos_alpha=self.lanczos_alpha[:, :steps],
+            lanczos_beta=self.lanczos_beta[:, :steps], ci=self.ci,
+        )  # fmt: skip
+
+    def convergence(self, steps: Sequence[int], ci: float | None = None) -> dict:
+        """``{m: summary at m steps}`` for each m in ``steps`` (see :meth:`at_steps`)."""
+        return {int(m): self.at_steps(m).summary(ci=ci) for m in steps}
 
     # -- estimates
 
@@ -190,18 +202,26 @@ class Spectrum:
         relative: bool | None = None,
         sigma: float | None = None,
         quantiles: Sequence[float] = diagnostics.DEFAULT_QUANTILES,
+        ci: float | None = None,
     ) -> dict:
-        """Diagnostics (docs/formats.md ``summary``): λ_max, λ_min, abs_ratio, trace and its
-        standard error (``trace_method`` says from what), near_zero_mass with its ε,
-        convention, absolute threshold and resolution, negative_mass, density σ, quantiles
-        of |λ|, and clipped_fraction / top_eigenvalues when known. Undefined values are NaN
+        """Diagnostics (docs/formats.md ``summary``, :func:`winq.quadrature.summarize`):
+        λ_max and λ_min with their range over probes; the negative, near-zero and positive
+        masses at the threshold (ε, or ε·λ_max), the sign-negative and the broadened
+        near-zero masses, each with ``_stderr``, ``_ci`` (Student t over probes at level
+        ``ci``) and ``_resolved``; the near-zero mass at a ladder of thresholds; trace and its
+        standard error (``trace_method`` says from what); quantiles of |λ|; clipped_fraction
+        and top_eigenvalues (with their residual bounds) when known. Undefined values are NaN
         here and ``null`` in JSON."""
+        clipped = self.metadata.get("clipped_fraction")
         out = diagnostics.summarize(
             self,
             eps=self.eps if eps is None else eps,
             relative=self.relative if relative is None else relative,
             sigma=self.sigma if sigma is None else sigma,
             quantiles=quantiles,
+            residuals=self.residuals,
+            ci=self.ci if ci is None else ci,
+            clipped_fraction=clipped,
         )
         if self.trace is not None:
             trace, stderr, method = self.trace, self.trace_stderr, self.trace_method
@@ -210,8 +230,10 @@ class Spectrum:
         out["trace"] = trace
         out["trace_stderr"] = math.nan if stderr is None else stderr
         out["trace_method"] = method
-        out["clipped_fraction"] = self.metadata.get("clipped_fraction")
+        out["clipped_fraction"] = clipped
         out["top_eigenvalues"] = self.top_eigenvalues
+        top = self.metadata.get("top_k") or {}
+        out["top_residuals"] = top.get("residuals") if self.top_eigenvalues else None
         out["probes"] = self.probes
         out["nodes_per_probe"] = int(self.num_nodes.min()) if self.probes else 0
         return out
@@ -219,28 +241,30 @@ class Spectrum:
     # -- I/O
 
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
-        """Write the spectrum folder (``spectrum.json``, ``ritz.parquet``,
-        ``density.parquet``) atomically; returns the path.
+        """Write the spectrum folder (``spectrum.json``, ``ritz.parquet``, ``lanczos.parquet``
+        when the coefficients are known, ``density.parquet``) atomically; returns the path.
+
+        ``metadata["report_steps"]`` (e.g. ``[30, 60, 120]``) adds ``by_steps``: the summary at
+        each of those numbers of Lanczos steps, from the same probes (:meth:`at_steps`).
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is False.
         """
         import pandas as pd
 
-        path = Path(path)
-        document = {
-            "format_version": FORMAT_VERSION,
-            "kind": KIND,
-            "metadata": _jsonable(self.metadata),
-            "summary": _jsonable(self.summary()),
-        }
+        document = {"metadata": self.metadata, "summary": self.summary()}
+        report_steps = self.metadata.get("report_steps")
+        if report_steps and self.lanczos_alpha is not None:
+            document["by_steps"] = {str(m): s for m, s in self.convergence(report_steps).items()}
         if self.blocks:
             document["blocks"] = {
-                name: {"num_params": block.num_params, "summary": _jsonable(block.summary())}
+                name: {"num_params": block.num_params, "summary": block.summary()}
                 for name, block in self.blocks.items()
             }
-        frames = []
-        parts = [(ALL_BLOCK, self), *self.blocks.items()]
+        parts = [(spectrumfile.ALL_BLOCK, self), *self.blocks.items()]
+        if not self.blocks:
+            parts = parts[:1]
+        ritz, lanczos = [], []
         for name, spectrum in parts:
             probe_index = np.broadcast_to(np.arange(spectrum.probes)[:, None], spectrum.nodes.shape)
             frame = pd.DataFrame(
@@ -250,53 +274,58 @@ class Spectrum:
                     "weight": spectrum.weights[spectrum.mask],
                 }
             )
+            if spectrum.lanczos_alpha is not None:
+                alpha, beta = spectrum.lanczos_alpha, spectrum.lanczos_beta
+                done = np.isfinite(alpha)
+                rows, steps = np.nonzero(done)
+                lanczos.append(
+                    pd.DataFrame(
+                        {
+                            "probe": rows.astype(np.int64),
+                            "step": steps.astype(np.int64),
+                            "alpha": alpha[done],
+                            "beta": beta[done],
+                        }
+                    )
+                )
             if self.blocks:
                 frame["block"] = pd.Series([name] * len(frame), dtype="string")
-            frames.append(frame)
-            if not self.blocks:
-                break
-        ritz = pd.concat(frames, ignore_index=True)
+                if spectrum.lanczos_alpha is not None:
+                    lanczos[-1]["block"] = pd.Series([name] * len(lanczos[-1]), dtype="string")
+            ritz.append(frame)
         grid, values = self.density()
-        dens = pd.DataFrame({"lambda": grid.astype(np.float64), "density": values})
-        with atomic_dir(path, overwrite=overwrite) as tmp:
-            ritz.to_parquet(tmp / "ritz.parquet", index=False)
-            dens.to_parquet(tmp / "density.parquet", index=False)
-            atomic_write_json(tmp / "spectrum.json", document)
-        return path
+        density = pd.DataFrame({"lambda": grid.astype(np.float64), "density": values})
+        return spectrumfile.write_folder(
+            path,
+            document,
+            pd.concat(ritz, ignore_index=True),
+            density,
+            overwrite,
+            lanczos=pd.concat(lanczos, ignore_index=True) if lanczos else None,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Spectrum:
-        """Read a spectrum folder written by :meth:`save`.
+        """Read a spectrum folder written by :meth:`save` (format 1 or 2).
 
         Raises:
-            FileNotFoundError: a file is missing.
-            ValueError: not a winq spectrum, or a newer format version.
+            FileNotFoundError: no ``spectrum.json``.
+            ValueError: not a winq spectrum, or a newer format version
+                (:class:`winq.spectrumfile.SpectrumFileError`).
         """
-        import pandas as pd
+        document = spectrumfile.read_document(path)
+        ritz = spectrumfile.read_ritz(path, block=None)
+        if ritz is None:
+            raise FileNotFoundError(f"{Path(path) / spectrumfile.RITZ_FILE} does not exist")
 
-        path = Path(path)
-        with open(path / "spectrum.json", encoding="utf-8") as f:
-            document = json.load(f)
-        if document.get("kind") != KIND:
-            raise ValueError(f"{path} is not a winq spectrum folder")
-        version = document.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported spectrum format_version {version!r}")
-        ritz = pd.read_parquet(path / "ritz.parquet")
-        block_docs = document.get("blocks") or {}
-
-        def build(frame, metadata, summary):
-            rows_nodes, rows_weights = [], []
-            probes = int(frame["probe"].max()) + 1 if len(frame) else 0
-            for p in range(probes):
-                part = frame[frame["probe"] == p]
-                rows_nodes.append(part["node"].to_numpy(np.float64))
-                rows_weights.append(part["weight"].to_numpy(np.float64))
+        def build(frame, metadata, summary, block):
             # slq pads to min(lanczos_steps, num_params) columns; restore that width
             steps = metadata.get("lanczos_steps") or 0
             n = metadata.get("num_params") or steps
-            width = max([len(r) for r in rows_nodes] + [min(int(steps), int(n))]) if probes else 0
-            nodes, weights, mask = pad_ragged(rows_nodes, rows_weights, width)
+            longest = int(frame.groupby("probe").size().max()) if len(frame) else 0
+            width = max(longest, min(int(steps), int(n))) if len(frame) else 0
+            nodes, weights, mask = spectrumfile.read_rules(frame, width)
+            tridiagonal = spectrumfile.read_lanczos(path, block)
             method = summary.get("trace_method")
             has_trace = method not in (None, "slq")
             return cls(
@@ -311,18 +340,22 @@ class Spectrum:
                 eps=summary.get("near_zero_eps", diagnostics.DEFAULT_ZERO_EPS),
                 relative=summary.get("near_zero_convention") == "relative_to_lambda_max",
                 sigma=summary.get("density_sigma", diagnostics.DEFAULT_SIGMA),
+                ci=summary.get("ci_level") or diagnostics.DEFAULT_CI,
+                lanczos_alpha=None if tridiagonal is None else tridiagonal[0],
+                lanczos_beta=None if tridiagonal is None else tridiagonal[1],
             )
 
-        metadata = document.get("metadata") or {}
-        summary = document.get("summary") or {}
-        if "block" in ritz.columns:
-            whole = build(ritz[ritz["block"] == ALL_BLOCK], metadata, summary)
-            for name, entry in block_docs.items():
-                block_meta = dict(metadata)
-                block_meta["num_params"] = entry.get("num_params")
-                block_meta["block"] = name
-                whole.blocks[name] = build(
-                    ritz[ritz["block"] == name], block_meta, entry.get("summary") or {}
-                )
-            return whole
-        return build(ritz, metadata, summary)
+        metadata, summary = document["metadata"], document["summary"]
+        if "block" not in ritz.columns:
+            return build(ritz, metadata, summary, None)
+        whole = build(
+            ritz[ritz["block"] == spectrumfile.ALL_BLOCK], metadata, summary, spectrumfile.ALL_BLOCK
+        )
+        for name, entry in document["blocks"].items():
+            block_meta = dict(metadata)
+            block_meta["num_params"] = entry.get("num_params")
+            block_meta["block"] = name
+            whole.blocks[name] = build(
+                ritz[ritz["block"] == name], block_meta, entry.get("summary") or {}, name
+            )
+        return whole

@@ -20,6 +20,10 @@ the spectrum decays). Memory: the sketch keeps m/3 vectors of length n.
 ``stderr`` is the standard error of the mean of the stochastic terms (sample standard
 deviation / √count); for Hutch++ it is conditional on the sketch Q, whose part of the
 estimate is exact.
+
+On a sharded operator (see :func:`~winq.analysis.operator.vector_space`) each rank holds its
+rows of the probes and of Q; the quadratic forms and :math:`Q^\top g` are all-reduced, and Q
+is orthonormalised from the all-reduced Gram matrix instead of a local QR.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from winq.analysis.probes import make_generator, random_vectors
+from winq.analysis.operator import VectorSpace, vector_space
 
 __all__ = ["TraceResult", "hutchinson"]
 
@@ -58,13 +62,13 @@ class TraceResult:
     num_matvecs: int
 
 
-def _quadratic_forms(op, probes: torch.Tensor, chunk: int) -> np.ndarray:
+def _quadratic_forms(op, probes: torch.Tensor, chunk: int, space: VectorSpace) -> np.ndarray:
     """:math:`g_i^\\top H g_i` for the columns of ``probes`` (n, count), ``chunk`` at a time."""
     values = []
     for start in range(0, probes.shape[1], chunk):
         block = probes[:, start : start + chunk]
         product = op @ block
-        values.append((block.double() * product.double()).sum(dim=0).cpu())
+        values.append(space.reduce((block.double() * product.double()).sum(dim=0)).cpu())
     return torch.cat(values).numpy()
 
 
@@ -96,13 +100,14 @@ def hutchinson(
         raise ValueError(f"samples must be a positive integer, got {samples}")
     samples, chunk = int(samples), max(1, int(block_size))
     n = op.num_params
-    generator = make_generator(seed, op.device)
+    space = vector_space(op)
+    generator = space.generator(seed, op.device)
 
     def draw(count: int) -> torch.Tensor:
-        return random_vectors(n, count, distribution, generator, op.dtype, op.device)
+        return space.random(count, distribution, generator, op.dtype, op.device)
 
     if method == "hutchinson":
-        values = _quadratic_forms(op, draw(samples), chunk)
+        values = _quadratic_forms(op, draw(samples), chunk, space)
         return TraceResult(
             estimate=float(values.mean()),
             stderr=_stderr(values),
@@ -118,15 +123,15 @@ def hutchinson(
     rest = samples - 2 * sketch_size
     sketch = draw(sketch_size)
     hs = torch.cat([op @ sketch[:, s : s + chunk] for s in range(0, sketch_size, chunk)], dim=1)
-    q, _ = torch.linalg.qr(hs.double())  # (n, sketch_size), float64 for an orthonormal basis
+    q = space.orthonormal_basis(hs)  # (n, sketch_size), float64 for an orthonormal basis
     del hs, sketch
     q_op = q.to(op.dtype)
     hq = torch.cat([op @ q_op[:, s : s + chunk] for s in range(0, sketch_size, chunk)], dim=1)
-    low_rank = float((q * hq.double()).sum())
+    low_rank = float(space.reduce((q * hq.double()).sum().reshape(1))[0])
     del hq
     g = draw(rest).double()
-    g = (g - q @ (q.T @ g)).to(op.dtype)  # (I - QQ^T) G
-    values = _quadratic_forms(op, g, chunk)
+    g = (g - q @ space.reduce(q.T @ g)).to(op.dtype)  # (I - QQ^T) G
+    values = _quadratic_forms(op, g, chunk, space)
     return TraceResult(
         estimate=low_rank + float(values.mean()),
         stderr=_stderr(values),

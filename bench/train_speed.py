@@ -88,24 +88,61 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def latent_costs(model, repeats: int) -> dict[str, float]:
+    """Seconds of the latent grid's exact statistics: one evaluation's fields (flip fraction,
+    dispersion, clipped fraction, per layer), one latent-rule reading, and a reset per mode."""
+    import torch
+
+    from winq.nn import RESET_MODES, reset_
+    from winq.train.controller import Controller, GuideRule
+    from winq.train.latents import LatentTracker, reset_generator
+    from winq.train.schedule import CosineSchedule
+
+    tracker = LatentTracker()
+    tracker.evaluate(model, 0)
+    controller = Controller(GuideRule(), None, schedule=CosineSchedule(1e-3, 1000, 50))
+    controller.read_latents(model, 0)
+    costs = {
+        "evaluation fields": timed(lambda: tracker.evaluate(model, 10), repeats),
+        "latent-rule reading": timed(lambda: controller.read_latents(model, 10), repeats),
+    }
+    for mode in RESET_MODES:
+        with torch.no_grad():
+            saved = [layer.weight.clone() for _, layer in winq_layers(model)]
+        costs[f"reset ({mode})"] = timed(
+            lambda mode=mode: reset_(model, 0.2, mode, reset_generator(0, 1)), repeats
+        )
+        with torch.no_grad():
+            for (_, layer), weight in zip(winq_layers(model), saved):
+                layer.weight.copy_(weight)
+    return costs
+
+
+def winq_layers(model):
+    import winq
+
+    return list(winq.quant_layers(model))
+
+
 def controller_costs(model, batch, repeats: int) -> tuple[float, float, int, object]:
-    """Seconds of one measurement and of one auto-α decision's trials, at the defaults."""
+    """Seconds of one spectrum-rule measurement and of one auto-α decision's trials, at the
+    defaults of ``--guide-rule spectrum``."""
     import winq
     from winq.train.config import DEFAULT_ALPHA_CANDIDATES, TrainConfig
     from winq.train.controller import Controller, GuideRule, make_measure
 
-    defaults = TrainConfig(bits=2, guide=True, winq_alpha="auto")
+    defaults = TrainConfig(bits=2, guide=True, guide_rule="spectrum", winq_alpha="auto")
     probe = [{"input_ids": batch[: defaults.guide_batch_size]}]
     measure = make_measure(probe, defaults.guide_params, defaults.guide_steps, defaults.guide_eps)
-    controller = Controller(GuideRule(), measure, None, DEFAULT_ALPHA_CANDIDATES)
+    controller = Controller(GuideRule(kind="spectrum"), measure, None, DEFAULT_ALPHA_CANDIDATES)
     # move the latents off the grid as training would, so trial resets have work to do
     import torch
 
     with torch.no_grad():
         for _, layer in winq.quant_layers(model):
             layer.weight.add_(0.2 * layer.scale * torch.randn_like(layer.weight))
-    controller.measure_now(model)  # untimed: imports, first graph
-    one = timed(lambda: controller.measure_now(model), repeats)
+    controller.measure(model)  # untimed: imports, first graph
+    one = timed(lambda: controller.measure(model), repeats)
     trials = timed(lambda: controller.trials(model), 1)
     return one, trials, len(DEFAULT_ALPHA_CANDIDATES), defaults
 
@@ -120,7 +157,9 @@ def worst_case_schedule(preset: str) -> tuple[int, int]:
     from winq.train.controller import GuideRule
     from winq.train.schedule import CosineSchedule
 
-    cfg = TrainConfig(preset=preset, bits=2, guide=True, winq_alpha="auto").resolve()
+    cfg = TrainConfig(
+        preset=preset, bits=2, guide=True, guide_rule="spectrum", winq_alpha="auto"
+    ).resolve()
     schedule = CosineSchedule(cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
     rule = GuideRule(min_period=cfg.guide_min_period, lr_floor=cfg.guide_lr_floor)
     measurements, resets, last = 1, 0, 0
@@ -188,9 +227,27 @@ def main() -> int:
             f"{reset / qat_step:.4f}x  {preset} one reset (alpha 0.2) {reset * 1e3:.2f} ms vs "
             f"QAT+noise step {qat_step * 1e3:.1f} ms"
         )
+        latent = latent_costs(model, args.repeats)
+        for name, seconds in latent.items():
+            print(
+                f"{seconds / qat_step:.4f}x  {preset} {name} {seconds * 1e3:.2f} ms vs "
+                f"QAT+noise step {qat_step * 1e3:.1f} ms"
+            )
+        from winq.train.config import TrainConfig
+
+        total = defaults["steps"]
+        latent_cfg = TrainConfig(preset=preset, bits=2, guide=True).resolve()
+        readings = 1 + total // latent_cfg.guide_every
+        bound = (readings * latent["latent-rule reading"] + 3 * latent["reset (clipped)"]) / (
+            total * qat_step
+        )
+        print(
+            f"{bound:.2%}  {preset} latent-rule overhead at the defaults, worst case (T={total}: "
+            f"{readings} readings, 3 clipped resets) / {total} QAT+noise steps"
+        )
         one, trials, candidates, cfg = controller_costs(model, batch, args.repeats)
         print(
-            f"{one / qat_step:.2f}x  {preset} one controller measurement {one * 1e3:.0f} ms "
+            f"{one / qat_step:.2f}x  {preset} one spectrum-rule measurement {one * 1e3:.0f} ms "
             f"({cfg.guide_steps} Lanczos steps, {cfg.guide_batch_size}x{seq_len} probe) vs "
             f"QAT+noise step {qat_step * 1e3:.1f} ms"
         )
@@ -199,10 +256,9 @@ def main() -> int:
             f"resets + measurements) {trials * 1e3:.0f} ms vs QAT+noise step"
         )
         measurements, resets = worst_case_schedule(preset)
-        total = defaults["steps"]
         bound = (measurements * one + resets * trials) / (total * qat_step)
         print(
-            f"{bound:.1%}  {preset} controller overhead at the defaults, worst case (T={total}: "
+            f"{bound:.1%}  {preset} spectrum-rule overhead at its defaults, worst case (T={total}: "
             f"{measurements} measurements, {resets} of them auto-alpha resets) / {total} "
             f"QAT+noise steps; target <= 10%"
         )

@@ -1,72 +1,75 @@
-"""Does WinQ speed up QAT at our scale? Baseline vs WinQ (fixed) vs WinQ (guided).
+"""Does WinQ speed up QAT here? Baseline vs WinQ resets — fixed, per reset mode, guided — by
+bit width and run length, with the mechanism (level flips, grid dispersion, clipping) measured.
 
 From an FP checkpoint pre-trained until its held-out loss plateaus (so that QAT is not
 confounded with continued pre-training) — ``--init CKPT``, or ``--pretrain-steps N`` to
-pre-train one here (``winq-train --bits 16 --steps N``; the last fifth of its held-out curve is
-printed as evidence of the plateau), or by default the preset's cached FP checkpoint — for
-every bit width and seed this runs ``winq-train`` with identical data order, learning rate
-and length:
+pre-train one here (the last fifth of its held-out curve is printed as evidence of the
+plateau), or by default the preset's cached FP checkpoint — for every bit width, run length
+(``--steps``, several values for a run-length series), seed and mode this trains one run with
+identical data order, learning rate and length. The modes (``--modes``; :data:`MODES`):
 
-* ``baseline``: ``--winq-resets 0`` (no resets, no noise);
-* ``fixed``: ``--winq-resets 3`` (after T/4, T/2, 3T/4), α = 0.2, noise σ = 1e-3;
-* ``guided``: ``--guide`` with the controller's defaults, ``--winq-alpha auto``
-  (``--guided-alpha`` to fix α, ``--guide-flags`` for other settings).
+* ``baseline``: no resets, no noise;
+* ``fixed``: the paper's schedule, 3 resets (after T/4, T/2, 3T/4) at α = 0.2, mode ``full``,
+  noise σ = 1e-3; ``fixed-clipped`` / ``fixed-dither``: the same schedule in the other reset
+  modes (``winq-train --winq-reset-mode``);
+* ``guided``: ``--guide`` with the controller's defaults (the latent-grid rule);
+* ``guided-spectrum``: the controller's previous default — spectrum triggers, α auto by
+  |λ|max, ``full`` resets (the ``guided`` rows of the earlier grid in BENCHMARKS.md);
 
-and reports, per bit width, for each WinQ mode against the baseline of the same seed:
+and ``--variant NAME=FIELD=VALUE,...`` adds a mode ``NAME`` with those :class:`TrainConfig`
+fields (e.g. ``--variant nonoise=winq_resets=3,noise_sigma=0``).
 
+Reported per (bit width, run length, mode), over the seeds — every number a mean with its 95%
+Student-t interval over seeds (``mean [low, high]``):
+
+* **final held-out loss**, and its change against the baseline of the same seed,
+  ``Δ = (L_mode - L_base) / L_base`` (paired by seed: same data order and start). A mode is
+  "worse" / "better" only when the interval of Δ excludes 0;
 * **speedup** = (updates the baseline needs to first reach its own final held-out loss) /
-  (updates the mode needs to first reach that loss), read off the held-out evaluations
-  (every ``--eval-every`` updates; "not reached" if it never does, which means < 1×);
-* **final loss at equal steps**: the mode's final held-out loss, and its relative
-  improvement over the baseline's, ``(L_base - L_mode) / L_base``;
-* **speedup to intermediate targets** (``--targets``, fractions f of the run): the same ratio
-  for the loss the baseline has reached after f·T updates, so that a mode that is ahead early
-  but behind at the end shows as such.
+  (updates the mode needs to reach it), read off the evaluations ("never" when the mode does
+  not reach it in the run); and the same ratio to the loss the baseline has reached after
+  25/50/75% of the run (``--targets``), where a mode may lead mid-run and still end behind;
+* **the mechanism at each reset** (``reset`` records of ``metrics.jsonl``): grid dispersion and
+  clipped fraction just before and after, the flip fraction over the evaluation interval
+  before the reset and over the one after it — and the baseline's flip fraction over the same
+  intervals, for reference.
 
-``--variant NAME=FLAGS`` adds guided runs with other controller settings (mode
-``guided-NAME``), so that the benchmark can decide the controller's defaults.
+Every run is a worker process calling :func:`winq.train.loop.train` with ``--threads`` torch
+threads, ``--jobs`` at a time. A run killed after ``--run-timeout`` seconds, or by an
+interrupted benchmark, resumes from its last checkpoint (every T/10 updates) when the benchmark
+is run again; finished runs are reused, and ``--json`` is rewritten after every run::
 
-Every run is a ``winq-train`` subprocess with ``--threads`` torch threads, killed after
-``--run-timeout`` seconds (reported as timed out; the next invocation resumes it from its last
-checkpoint), and no new run starts once ``--budget`` seconds have passed. The FP starting
-point's held-out loss is measured on the runs' held-out batches and printed beside the QAT
-losses. One line per comparison, ratio first. Run folders are kept under ``--out`` and reused
-when complete, so an interrupted benchmark continues where it stopped::
-
-    python bench/winq_speedup.py --preset small --bits 1 1.58 2 --seeds 0 1 2 --pretrain-steps 2000 \
-        --train-flags="--batch-size 8" --eval-batches 8 --jobs 2 --budget 7200 \
-        --run-timeout 1500 --out runs/bench-small --json runs/bench-small/results.json
-    python bench/winq_speedup.py --preset tiny --bits 2 1.58 3 --seeds 0 \
-        --train-flags="--batch-size 8" --eval-every 15 --budget 1000
+    python bench/winq_speedup.py --preset small --bits 1 1.58 2 --seeds 0 1 2 \\
+        --pretrain-steps 2000 --batch-size 8 --eval-batches 8 --jobs 2 --threads 1 \\
+        --modes baseline fixed fixed-clipped fixed-dither guided guided-spectrum \\
+        --out runs/issue13-small --json runs/issue13-small/results.json
+    python bench/winq_speedup.py --preset tiny --bits 2 --steps 300 1200 3000 --seeds 0 1 2 \\
+        --pretrain-steps 1200 --batch-size 8 --eval-batches 8 --jobs 2 \\
+        --modes baseline fixed guided --out runs/issue13-tiny
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import math
+import multiprocessing
 import os
 import platform
-import shlex
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-MODES = ("baseline", "fixed", "guided")
-
-
-def mode_flags(mode: str, args: argparse.Namespace) -> list[str]:
-    if mode == "baseline":
-        return ["--winq-resets", "0"]
-    if mode == "fixed":
-        return ["--winq-resets", str(args.resets), "--winq-alpha", str(args.alpha)]
-    flags = ["--guide", "--winq-alpha", args.guided_alpha, *shlex.split(args.guide_flags)]
-    if mode.startswith("guided-"):
-        flags += shlex.split(args.variants[mode.removeprefix("guided-")])
-    return flags
+# TrainConfig fields of each mode (on top of the run's length, batch and evaluation settings)
+MODES: dict[str, dict[str, Any]] = {
+    "baseline": {"winq_resets": 0},
+    "fixed": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "full"},
+    "fixed-clipped": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "clipped"},
+    "fixed-dither": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "dither"},
+    "guided": {"guide": True},
+    "guided-spectrum": {"guide": True, "guide_rule": "spectrum", "winq_alpha": "auto"},
+}
 
 
 def load_average() -> str:
@@ -76,106 +79,121 @@ def load_average() -> str:
         return "n/a"
 
 
-def winq_train(argv: list[str], args, timeout: float | None = None) -> int | None:
-    """``winq-train ARGV`` in a subprocess; its exit code, or None if it ran out of time."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "winq.train.cli", *argv], env=env, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        return None
-    if process.returncode != 0:
-        sys.stderr.write(stderr[-2000:])
-    return process.returncode
+# --------------------------------------------------------------------------------------------
+# running
 
 
-def run_folder(args: argparse.Namespace, bits: str, seed: int, mode: str) -> Path:
-    return Path(args.out) / f"{args.preset}-w{bits}-s{seed}-{mode}"
+def _train_worker(fields: dict[str, Any], folder: str, threads: int) -> None:
+    """Entry point of a worker process: one run through the trainer's API."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
 
+    torch.set_num_threads(threads)
+    from winq.train.config import TrainConfig
+    from winq.train.loop import train
+    from winq.train.state import last_checkpoint
 
-def records(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
-def finished(folder: Path) -> bool:
-    return any("summary" in r for r in records(folder))
-
-
-def run_one(args, bits: str, seed: int, mode: str, deadline: float) -> Path | None:
-    folder = run_folder(args, bits, seed, mode)
-    if finished(folder):
-        return folder
-    if time.perf_counter() > deadline:
-        print(f"# skipped {folder.name}: the --budget is spent", flush=True)
-        return None
-    argv = ["--preset", args.preset, "--bits", bits, "--seed", str(seed), "--no-progress"]
-    argv += ["--eval-batches", str(args.eval_batches)]
-    if args.init:
-        argv += ["--init", str(args.init)]
-    if args.steps:
-        argv += ["--steps", str(args.steps)]
-    if args.eval_every:
-        argv += ["--eval-every", str(args.eval_every)]
-    argv += ["--save-every", str(args.save_every)] if args.save_every else []
-    argv += shlex.split(args.train_flags) + mode_flags(mode, args)
-    if (folder / "config.json").exists():
-        argv = ["--resume", str(folder), "--no-progress"]
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        config = TrainConfig.from_json(json.loads((path / "config.json").read_text()))
+        config.progress = False
+        train(config, resume=path if last_checkpoint(path) else None)
     else:
-        argv += ["--out", str(folder), "--overwrite"]
-    start = time.perf_counter()
-    code = winq_train(argv, args, args.run_timeout)
-    seconds = time.perf_counter() - start
-    if code is None:
-        print(
-            f"# {folder.name} timed out after {seconds:.0f} s (load {load_average()})", flush=True
-        )
-        return None
-    if code != 0:
-        raise SystemExit(f"winq-train {' '.join(argv)} failed with exit code {code}")
-    print(f"# ran {folder.name} in {seconds:.0f} s (load {load_average()})", flush=True)
-    return folder
+        train(TrainConfig(**fields).resolve())
+
+
+def run_folder(args: argparse.Namespace, bits: str, steps: int, seed: int, mode: str) -> Path:
+    return Path(args.out) / f"{args.preset}-w{bits}-T{steps}-s{seed}-{mode}"
+
+
+def run_fields(args, bits: str, steps: int, seed: int, mode: str) -> dict[str, Any]:
+    """The TrainConfig fields of one run."""
+    from winq.config import parse_bits
+
+    fields = {
+        "preset": args.preset, "bits": parse_bits(bits), "seed": seed, "steps": steps,
+        "init": args.init, "eval_every": max(1, steps // 20), "save_every": max(1, steps // 10),
+        "keep_last": 1, "eval_batches": args.eval_batches, "progress": False,
+        "out": str(run_folder(args, bits, steps, seed, mode)), "overwrite": True,
+    }  # fmt: skip
+    if args.batch_size:
+        fields["batch_size"] = args.batch_size
+    fields.update(args.modes[mode])
+    return fields
+
+
+def run_all(args, jobs: list[tuple[str, int, int, str]], on_done) -> None:
+    """Run ``jobs`` (bits, steps, seed, mode) ``--jobs`` at a time, skipping finished ones."""
+    from winq.runfiles import finished
+
+    context = multiprocessing.get_context("spawn")
+    pending = [job for job in jobs if not finished(run_folder(args, *job))]
+    for job in jobs:
+        if job not in pending:
+            on_done(job)
+    running: dict[tuple, tuple[Any, float]] = {}
+    deadline = time.monotonic() + args.budget
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            if time.monotonic() > deadline:
+                print(f"# budget spent: {len(pending)} runs not started", flush=True)
+                pending = []
+                break
+            job = pending.pop(0)
+            folder = run_folder(args, *job)
+            fields = run_fields(args, *job)
+            process = context.Process(
+                target=_train_worker, args=(fields, str(folder), args.threads), daemon=True
+            )
+            process.start()
+            running[job] = (process, time.monotonic())
+        time.sleep(2.0)
+        for job, (process, started) in list(running.items()):
+            seconds = time.monotonic() - started
+            name = run_folder(args, *job).name
+            if process.is_alive():
+                if args.run_timeout and seconds > args.run_timeout:
+                    process.terminate()
+                    process.join()
+                    print(f"# {name} stopped after {seconds:.0f} s (resumes on the next "
+                          f"invocation; load {load_average()})", flush=True)  # fmt: skip
+                    del running[job]
+                continue
+            del running[job]
+            if process.exitcode == 0:
+                print(f"# ran {name} in {seconds:.0f} s (load {load_average()})", flush=True)
+                on_done(job)
+            else:
+                print(f"# {name} failed with exit code {process.exitcode}", flush=True)
 
 
 def pretrain(args) -> Path:
     """Pre-train the FP starting point (reused when complete); print its plateau evidence."""
-    folder = Path(args.out) / f"{args.preset}-fp-{args.pretrain_steps}"
+    from winq.runfiles import finished
+
+    steps = args.pretrain_steps
+    folder = Path(args.out) / f"{args.preset}-fp-{steps}"
     if not finished(folder):
-        argv = ["--bits", "16", "--preset", args.preset, "--steps", str(args.pretrain_steps),
-                "--eval-every", str(max(1, args.pretrain_steps // 20)), "--no-progress"]  # fmt: skip
-        if (folder / "config.json").exists():
-            argv = ["--resume", str(folder), "--no-progress"]
-        else:
-            argv += ["--out", str(folder), "--overwrite"]
-        if winq_train(argv, args) != 0:
-            raise SystemExit(f"pre-training failed: winq-train {' '.join(argv)}")
-    curve = eval_curve(folder)
-    tail = [(s, loss) for s, loss in curve if s >= 0.8 * args.pretrain_steps]
+        fields = {"preset": args.preset, "bits": 16, "steps": steps, "progress": False,
+                  "eval_every": max(1, steps // 20), "out": str(folder), "overwrite": True}  # fmt: skip
+        process = multiprocessing.get_context("spawn").Process(
+            target=_train_worker, args=(fields, str(folder), args.threads)
+        )
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"pre-training {folder} failed with exit code {process.exitcode}")
+    curve = eval_curve(read(folder))
+    tail = [(s, loss) for s, loss in curve if s >= 0.8 * steps]
     change = (tail[0][1] - tail[-1][1]) / tail[0][1]
-    print(
-        f"# FP {folder.name}: held-out loss {curve[-1][1]:.4f}; over the last fifth "
-        f"({tail[0][0]}->{tail[-1][0]}) it fell {change:.2%} "
-        f"({' '.join(f'{loss:.3f}' for _, loss in tail)})",
-        flush=True,
-    )
+    print(f"# FP {folder.name}: held-out loss {curve[-1][1]:.4f}; over the last fifth "
+          f"({tail[0][0]}->{tail[-1][0]}) it fell {change:.2%} "
+          f"({' '.join(f'{loss:.3f}' for _, loss in tail)})", flush=True)  # fmt: skip
     final = folder / "checkpoints" / (folder / "checkpoints" / "final").read_text().strip()
     return final
 
 
-def fp_heldout_loss(args, init: str | None) -> tuple[str, float]:
+def fp_heldout_loss(args) -> tuple[str, float]:
     """The FP starting point's held-out loss on the QAT runs' held-out batches."""
     import torch
 
@@ -186,32 +204,29 @@ def fp_heldout_loss(args, init: str | None) -> tuple[str, float]:
     from winq.train.loop import evaluate
 
     torch.set_num_threads(args.threads)
-    path = init or str(embedded.default_checkpoint_path(args.preset))
-    flags = dict(zip(*[iter(shlex.split(args.train_flags))] * 2))
-    config = TrainConfig(preset=args.preset, bits=16, init=path,
-                         eval_batches=args.eval_batches)  # fmt: skip
-    for flag in ("--batch-size", "--seq-len"):
-        if flag in flags:
-            setattr(config, flag[2:].replace("-", "_"), int(flags[flag]))
+    path = args.init or str(embedded.default_checkpoint_path(args.preset))
+    config = TrainConfig(preset=args.preset, bits=16, init=path, eval_batches=args.eval_batches,
+                         batch_size=args.batch_size)  # fmt: skip
     config.resolve()
     model, tokenizer = inputs.build_model(config)
     data = inputs.build_data(config, tokenizer, Dist(), config.batch_size, model)
     return path, evaluate(model, data.eval_batches, torch.device("cpu"), "fp32")
 
 
-def eval_curve(folder: Path) -> list[tuple[int, float]]:
-    curve = {}
-    for r in records(folder):
-        if r.get("eval_loss") is not None:
-            curve[r["step"]] = r["eval_loss"]
-    return sorted(curve.items())
+# --------------------------------------------------------------------------------------------
+# reading runs
 
 
-def summary_of(folder: Path) -> dict:
-    for r in records(folder):
-        if "summary" in r:
-            return r["summary"]
-    return {}
+def read(folder: Path) -> list[dict[str, Any]]:
+    from winq.runfiles import read_records
+
+    return read_records(folder / "metrics.jsonl")
+
+
+def eval_curve(records: list[dict]) -> list[tuple[int, float]]:
+    return sorted(
+        {r["step"]: r["eval_loss"] for r in records if r.get("eval_loss") is not None}.items()
+    )
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -221,165 +236,8 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return None
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="small")
-    p.add_argument("--bits", nargs="+", default=["1", "1.58", "2"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME=FLAGS",
-        help="an extra guided mode 'guided-NAME' with these winq-train flags added",
-    )
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    p.add_argument("--variant-bits", nargs="+", help="bit widths of the variants (the first)")
-    p.add_argument("--run-timeout", type=float, default=600, help="seconds per run")
-    p.add_argument("--budget", type=float, default=1200, help="start no run after this (s)")
-    p.add_argument("--steps", type=int, help="QAT updates (default: the preset's)")
-    p.add_argument("--eval-every", type=int, help="held-out evaluation period (default T/20)")
-    p.add_argument("--save-every", type=int, help="checkpoint period (default: the trainer's)")
-    p.add_argument("--resets", type=int, default=3, help="resets of the fixed schedule")
-    p.add_argument("--alpha", type=float, default=0.2)
-    p.add_argument("--guided-alpha", default="auto", help="alpha of the guided runs (auto)")
-    p.add_argument("--init", help="FP checkpoint to start from (default: the preset's cached)")
-    p.add_argument("--pretrain-steps", type=int, help="pre-train the FP start here for N steps")
-    p.add_argument("--eval-batches", type=int, default=4, help="held-out batches per eval")
-    p.add_argument(
-        "--guide-flags",
-        default="",
-        help="extra winq-train flags of the guided "
-        "runs, one string (e.g. --guide-flags='--guide-min-period 50')",
-    )
-    p.add_argument(
-        "--train-flags", default="", help="extra winq-train flags of every run, one string"
-    )
-    p.add_argument("--out", default="runs/bench-winq-speedup")
-    p.add_argument("--json", help="also write the results here")
-    p.add_argument("--targets", nargs="+", type=float, default=[0.25, 0.5, 0.75],
-                   help="also report speedups to the baseline's loss after these fractions "
-                   "of the run")  # fmt: skip
-    args = p.parse_args()
-    args.variants = {}
-    for item in args.variant:
-        name, _, flags = item.partition("=")
-        args.variants[name] = flags
-        args.modes.append(f"guided-{name}")
-    if args.eval_every is None:
-        # T/20 of the preset's default length unless --steps says otherwise
-        from winq import embedded
-
-        total = args.steps or embedded.training_defaults(args.preset, "qat")["steps"]
-        args.eval_every = max(1, total // 20)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    start = time.perf_counter()
-    deadline = start + args.budget
-
-    import torch
-
-    if args.pretrain_steps and not args.init:
-        args.init = str(pretrain(args))
-    machine = (
-        f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} thread(s) per run, {args.jobs} run(s) at a time"
-    )
-    print(f"# winq_speedup: preset {args.preset}, {machine}; load {load_average()}", flush=True)
-    fp_path, fp_loss = fp_heldout_loss(args, args.init)
-    print(f"# FP start {fp_path}: held-out loss {fp_loss:.4f}", flush=True)
-    results = {"machine": machine, "argv": sys.argv[1:], "fp_heldout_loss": fp_loss,
-               "runs": {}, "comparisons": []}  # fmt: skip
-    # the plain modes at every bit width first, then the guided variants (so a spent budget
-    # drops variants before comparisons); --jobs runs at a time, each its own process
-    order = [(b, s, m) for b in args.bits for s in args.seeds for m in args.modes if "-" not in m]
-    variant_bits = args.variant_bits or args.bits[:1]
-    order += [(b, s, m) for b in variant_bits for s in args.seeds for m in args.modes if "-" in m]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        folders = list(pool.map(lambda job: run_one(args, *job, deadline), order))
-    for folder in folders:
-        if folder is not None:
-            results["runs"][folder.name] = {
-                "curve": eval_curve(folder),
-                "summary": summary_of(folder),
-                "resets": [
-                    (r["step"], r["reset"]["alpha"]) for r in records(folder) if "reset" in r
-                ],
-            }
-
-    print(
-        f"# winq_speedup: preset {args.preset}, {machine}; FP held-out loss {fp_loss:.4f}; "
-        f"{time.perf_counter() - start:.0f} s; load at the end {load_average()}"
-    )
-    for bits in args.bits:
-        for mode in [m for m in args.modes if m != "baseline"]:
-            speedups, gains, finals, base_finals, overheads = [], [], [], [], []
-            partial: dict[float, list] = {f: [] for f in args.targets}
-            for seed in args.seeds:
-                base = results["runs"].get(run_folder(args, bits, seed, "baseline").name)
-                mine = results["runs"].get(run_folder(args, bits, seed, mode).name)
-                if base is None or mine is None:
-                    if bits in (args.variant_bits or args.bits[:1]) or "-" not in mode:
-                        print(f"n/a  w{bits} {mode} seed {seed}: not run (budget or timeout)")
-                    continue
-                target = base["curve"][-1][1]
-                base_steps = steps_to_reach(base["curve"], target)
-                mode_steps = steps_to_reach(mine["curve"], target)
-                speedup = base_steps / mode_steps if mode_steps else None
-                final, base_final = mine["curve"][-1][1], target
-                gain = (base_final - final) / base_final
-                overhead = mine["summary"].get("controller_overhead")
-                for fraction in args.targets:
-                    partial[fraction].append(intermediate_speedup(base["curve"], mine["curve"],
-                                                                  fraction))  # fmt: skip
-                speedups.append(speedup)
-                gains.append(gain)
-                finals.append(final)
-                base_finals.append(base_final)
-                overheads.append(overhead)
-                line = (
-                    f"{_ratio(speedup)} speedup  w{bits} {mode} seed {seed}: baseline reaches "
-                    f"{target:.4f} at step {base_steps}, {mode} at "
-                    f"{mode_steps if mode_steps else 'never'}; final {final:.4f} vs {base_final:.4f} "
-                    f"({gain:+.2%}); resets (step, alpha) {mine['resets']}"
-                )
-                if overhead is not None:
-                    line += f"; controller overhead {overhead:.1%}"
-                print(line, flush=True)
-                results["comparisons"].append(
-                    {"bits": bits, "mode": mode, "seed": seed, "speedup": speedup,
-                     "baseline_steps": base_steps, "mode_steps": mode_steps,
-                     "final": final, "baseline_final": base_final, "gain": gain,
-                     "controller_overhead": overhead,
-                     "intermediate": {str(f): partial[f][-1] for f in args.targets}}
-                )  # fmt: skip
-            if not speedups:
-                continue
-            reached = [s for s in speedups if s is not None]
-            print(
-                f"{_ratio(statistics.median(reached)) if len(reached) == len(speedups) else 'n/a'}"
-                f" median speedup  w{bits} {mode}: reached in {len(reached)}/{len(speedups)} "
-                f"seeds; final loss {statistics.mean(finals):.4f} vs baseline "
-                f"{statistics.mean(base_finals):.4f} (mean {statistics.mean(gains):+.2%})"
-            )
-            for fraction, values in partial.items():
-                ratios = [v for v in values if v is not None]
-                shown = " ".join(_ratio(v) for v in values)
-                print(
-                    f"{_ratio(statistics.median(ratios)) if len(ratios) == len(values) else 'n/a'}"
-                    f" median speedup  w{bits} {mode} to the baseline's loss at "
-                    f"{fraction:.0%} of the run (per seed: {shown})"
-                )
-    if args.json:
-        from winq.io import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(results, indent=1))
-    return 0
-
-
 def intermediate_speedup(base: list, mine: list, fraction: float) -> float | None:
-    """Speedup to the loss the baseline has reached after ``fraction`` of its updates."""
+    """Speedup to the best loss the baseline has reached after ``fraction`` of its updates."""
     last = base[-1][0]
     reached = [loss for step, loss in base if 0 < step <= fraction * last]
     if not reached:
@@ -389,8 +247,289 @@ def intermediate_speedup(base: list, mine: list, fraction: float) -> float | Non
     return base_steps / mode_steps if mode_steps else None
 
 
-def _ratio(value: float | None) -> str:
-    return "never" if value is None or not math.isfinite(value) else f"{value:.2f}x"
+def flip_after(records: list[dict], step: int) -> float | None:
+    """The flip fraction over the first evaluation interval that starts at ``step``."""
+    for r in records:
+        if r.get("flip_since") == step and "flip_fraction" in r:
+            return r["flip_fraction"]
+    return None
+
+
+def flip_before(records: list[dict], step: int) -> float | None:
+    """The flip fraction over the evaluation interval that ends at ``step``."""
+    for r in records:
+        if r["step"] == step and "flip_fraction" in r and "eval_loss" in r:
+            return r["flip_fraction"]
+    return None
+
+
+def run_result(folder: Path) -> dict[str, Any]:
+    records = read(folder)
+    resets = []
+    for r in records:
+        if "reset" not in r:
+            continue
+        reset = r["reset"]
+        resets.append({
+            "step": r["step"], "alpha": reset["alpha"], "mode": reset.get("mode", "full"),
+            "before": reset.get("before", {}), "after": reset.get("after", {}),
+            "unclipped": reset.get("unclipped"), "moved": reset.get("moved"),
+            "weights": reset.get("weights"),
+            "flip_before": flip_before(records, r["step"]),
+            "flip_after": flip_after(records, r["step"]),
+        })  # fmt: skip
+    summary = next((r["summary"] for r in records if "summary" in r), {})
+    latents = [
+        {k: r.get(k) for k in ("step", "flip_fraction", "grid_dispersion", "clipped_fraction")}
+        for r in records
+        if "grid_dispersion" in r
+    ]
+    guides = [{"step": r["step"], **r["guide"]} for r in records if "guide" in r]
+    return {"curve": eval_curve(records), "resets": resets, "summary": summary,
+            "latents": latents, "guides": guides, "records": records}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# statistics and the report
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval over seeds (NaN bounds for fewer than 2 values)."""
+    from winq.quadrature import t_interval
+
+    estimate = t_interval(values, 0.95, bounds=None)
+    return estimate.value, estimate.ci[0], estimate.ci[1]
+
+
+def fmt(values: list[float], digits: int = 4, percent: bool = False) -> str:
+    """``mean [low, high]`` (n = …) of per-seed values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    mean, low, high = interval(values)
+    if percent:
+        mean, low, high = 100 * mean, 100 * low, 100 * high
+        text = f"{mean:+.{digits}f}%"
+        bounds = f" [{low:+.{digits}f}, {high:+.{digits}f}]" if math.isfinite(low) else ""
+    else:
+        text = f"{mean:.{digits}f}"
+        bounds = f" [{low:.{digits}f}, {high:.{digits}f}]" if math.isfinite(low) else ""
+    return f"{text}{bounds}"
+
+
+def verdict(deltas: list[float]) -> str:
+    """ "worse" / "better" when the 95% interval of the paired change excludes 0, else "tie"."""
+    if len(deltas) < 2:
+        return "n/a"
+    _, low, high = interval(deltas)
+    return "worse" if low > 0 else "better" if high < 0 else "tie"
+
+
+def compare(args, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One summary per (bits, steps, mode) against the baseline, printed and returned."""
+    rows = []
+    for bits in args.bits:
+        for steps in args.steps:
+            for mode in [m for m in args.mode_names if m != "baseline"]:
+                per_seed = []
+                for seed in args.seeds:
+                    base = results["runs"].get(run_folder(args, bits, steps, seed, "baseline").name)
+                    mine = results["runs"].get(run_folder(args, bits, steps, seed, mode).name)
+                    if base is None or mine is None or not base["curve"] or not mine["curve"]:
+                        continue
+                    target = base["curve"][-1][1]
+                    base_steps = steps_to_reach(base["curve"], target)
+                    mode_steps = steps_to_reach(mine["curve"], target)
+                    final = mine["curve"][-1][1]
+                    per_seed.append({
+                        "seed": seed, "final": final, "baseline_final": target,
+                        "delta": (final - target) / target,
+                        "speedup": base_steps / mode_steps if mode_steps else None,
+                        "intermediate": {f: intermediate_speedup(base["curve"], mine["curve"], f)
+                                         for f in args.targets},
+                        "resets": [(r["step"], r["alpha"], r["mode"]) for r in mine["resets"]],
+                        "overhead": mine["summary"].get("controller_overhead"),
+                    })  # fmt: skip
+                if not per_seed:
+                    print(f"n/a  w{bits} T{steps} {mode}: no finished pair with the baseline")
+                    continue
+                row = summarize(bits, steps, mode, per_seed, args.targets)
+                rows.append(row)
+    return rows
+
+
+def _speedup_text(values: list[float | None]) -> str:
+    reached = [v for v in values if v is not None]
+    if len(reached) < len(values):
+        return f"never in {len(values) - len(reached)}/{len(values)} seeds" + (
+            f" (reached: {', '.join(f'{v:.2f}x' for v in reached)})" if reached else ""
+        )
+    return fmt(reached, 2) + "x"
+
+
+def summarize(bits, steps, mode, per_seed, targets) -> dict[str, Any]:
+    deltas = [s["delta"] for s in per_seed]
+    speedups = [s["speedup"] for s in per_seed]
+    row = {
+        "bits": bits, "steps": steps, "mode": mode, "seeds": [s["seed"] for s in per_seed],
+        "final": fmt([s["final"] for s in per_seed]),
+        "baseline_final": fmt([s["baseline_final"] for s in per_seed]),
+        "delta": fmt(deltas, 2, percent=True), "verdict": verdict(deltas),
+        "speedup": _speedup_text(speedups),
+        "intermediate": {f"{f:.0%}": _speedup_text([s["intermediate"][f] for s in per_seed])
+                         for f in targets},
+        "per_seed": per_seed,
+    }  # fmt: skip
+    print(f"{row['verdict']:6s} w{bits} T{steps} {mode}: final {row['final']} vs baseline "
+          f"{row['baseline_final']}, change {row['delta']} (n={len(per_seed)}); speedup to the "
+          f"baseline's final loss {row['speedup']}; "
+          + "; ".join(f"to its {k} loss {v}" for k, v in row["intermediate"].items())
+          + f"; resets {[s['resets'] for s in per_seed]}", flush=True)  # fmt: skip
+    return row
+
+
+def mechanism(args, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (bits, steps, mode, reset index): the latent grid around the reset, over seeds."""
+    rows = []
+    keys = ("dispersion_before", "dispersion_after", "clipped_before", "clipped_after",
+            "flip_before", "flip_after", "baseline_flip_before", "baseline_flip_after")  # fmt: skip
+    for bits in args.bits:
+        for steps in args.steps:
+            for mode in args.mode_names:
+                by_index: dict[int, dict[str, list]] = {}
+                for seed in args.seeds:
+                    mine = results["runs"].get(run_folder(args, bits, steps, seed, mode).name)
+                    base = results["runs"].get(run_folder(args, bits, steps, seed, "baseline").name)
+                    if mine is None:
+                        continue
+                    for index, reset in enumerate(mine["resets"]):
+                        slot = by_index.setdefault(index, {k: [] for k in (*keys, "step")})
+                        slot["step"].append(reset["step"])
+                        slot["dispersion_before"].append(reset["before"].get("grid_dispersion"))
+                        slot["dispersion_after"].append(reset["after"].get("grid_dispersion"))
+                        slot["clipped_before"].append(reset["before"].get("clipped_fraction"))
+                        slot["clipped_after"].append(reset["after"].get("clipped_fraction"))
+                        slot["flip_before"].append(reset["flip_before"])
+                        slot["flip_after"].append(reset["flip_after"])
+                        if base is not None:
+                            records = base["records"]
+                            slot["baseline_flip_before"].append(flip_before(records, reset["step"]))
+                            slot["baseline_flip_after"].append(flip_after(records, reset["step"]))
+                for index, slot in sorted(by_index.items()):
+                    row = {"bits": bits, "steps": steps, "mode": mode, "reset": index + 1,
+                           "at_steps": slot["step"],
+                           **{k: fmt(slot[k], 4) for k in keys}}  # fmt: skip
+                    rows.append(row)
+                    print(f"reset {index + 1} w{bits} T{steps} {mode} (steps {slot['step']}): "
+                          f"dispersion {row['dispersion_before']} -> {row['dispersion_after']}; "
+                          f"clipped {row['clipped_before']} -> {row['clipped_after']}; "
+                          f"flips per interval before {row['flip_before']}, after "
+                          f"{row['flip_after']} (baseline {row['baseline_flip_before']}, "
+                          f"{row['baseline_flip_after']})", flush=True)  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=FIELD=VALUE,FIELD=VALUE`` -> (NAME, fields); values parsed as JSON when they can be."""
+    name, _, spec = text.partition("=")
+    fields: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            fields[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key.strip()] = value
+    return name, fields
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--bits", nargs="+", default=["1", "1.58", "2"])
+    p.add_argument("--steps", nargs="+", type=int, help="QAT updates, one or more (preset's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--modes", nargs="+", default=["baseline", "fixed", "guided"])
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FIELD=VALUE,...",
+                   help="an extra mode with these TrainConfig fields")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--run-timeout", type=float, help="stop a run after this many seconds")
+    p.add_argument("--budget", type=float, default=math.inf, help="start no run after (s)")
+    p.add_argument("--batch-size", type=int, help="sequences per update (preset's)")
+    p.add_argument("--eval-batches", type=int, default=8, help="held-out batches per eval")
+    p.add_argument("--init", help="FP checkpoint to start from (default: the preset's cached)")
+    p.add_argument("--pretrain-steps", type=int, help="pre-train the FP start here for N steps")
+    p.add_argument("--out", default="runs/bench-winq-speedup")
+    p.add_argument("--json", help="write the results here (after every finished run)")
+    p.add_argument("--targets", nargs="+", type=float, default=[0.25, 0.5, 0.75],
+                   help="also report speedups to the baseline's loss after these fractions "
+                   "of the run")  # fmt: skip
+    p.add_argument("--report-only", action="store_true", help="run nothing; report what exists")
+    args = p.parse_args()
+    modes = dict(MODES)
+    for text in args.variant:
+        name, fields = parse_variant(text)
+        modes[name] = fields
+    unknown = [m for m in args.modes if m not in modes]
+    if unknown:
+        p.error(f"unknown mode {unknown[0]}; choose from {', '.join(modes)} or add --variant")
+    args.mode_names = list(dict.fromkeys(["baseline", *args.modes]))
+    args.modes = {m: modes[m] for m in args.mode_names}
+    if args.steps is None:
+        from winq import embedded
+
+        args.steps = [embedded.training_defaults(args.preset, "qat")["steps"]]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+
+    import torch
+
+    if args.pretrain_steps and not args.init:
+        args.init = str(pretrain(args))
+    machine = (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{args.threads} thread(s) per run, {args.jobs} run(s) at a time")  # fmt: skip
+    print(f"# winq_speedup: preset {args.preset}, {machine}; load {load_average()}", flush=True)
+    fp_path, fp_loss = fp_heldout_loss(args)
+    print(f"# FP start {fp_path}: held-out loss {fp_loss:.4f}", flush=True)
+    results: dict[str, Any] = {"machine": machine, "argv": sys.argv[1:], "fp_heldout_loss": fp_loss,
+                               "fp_checkpoint": fp_path, "runs": {}}  # fmt: skip
+
+    def save() -> None:
+        if args.json:
+            from winq.io import atomic_write_text
+
+            slim = {**results, "runs": {name: {k: v for k, v in run.items() if k != "records"}
+                                        for name, run in results["runs"].items()}}  # fmt: skip
+            atomic_write_text(args.json, json.dumps(slim, indent=1))
+
+    def done(job) -> None:
+        folder = run_folder(args, *job)
+        results["runs"][folder.name] = run_result(folder)
+        save()
+
+    # baselines first, then every other mode, run length by run length (short runs first)
+    jobs = [(b, t, s, m) for t in sorted(args.steps) for b in args.bits
+            for m in args.mode_names for s in args.seeds]  # fmt: skip
+    if args.report_only:
+        from winq.runfiles import finished
+
+        for job in jobs:
+            if finished(run_folder(args, *job)):
+                done(job)
+    else:
+        run_all(args, jobs, done)
+    print(
+        f"# winq_speedup: {len(results['runs'])}/{len(jobs)} runs finished; "
+        f"{time.perf_counter() - start:.0f} s; load at the end {load_average()}",
+        flush=True,
+    )
+    results["comparisons"] = compare(args, results)
+    results["mechanism"] = mechanism(args, results)
+    save()
+    return 0
 
 
 if __name__ == "__main__":

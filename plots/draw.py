@@ -20,10 +20,11 @@ from winq.plots.figures import (
 from winq.plots.readers import Inputs, SpectrumData, format_bits
 from winq.plots.style import FORMATS, save
 from winq.plots.table import write_summary
+from winq.quadrature import DEFAULT_ZERO_EPS
 
 __all__ = ["DEFAULT_EPS", "DrawResult", "draw_all", "slug"]
 
-DEFAULT_EPS = 1.5e-3  # the paper's "probability of zero eigenvalue" threshold
+DEFAULT_EPS = DEFAULT_ZERO_EPS  # the WinQ paper's "probability of a zero eigenvalue" threshold
 
 
 def slug(text: str) -> str:

@@ -20,6 +20,7 @@ from matplotlib.ticker import LogFormatter
 from winq.plots.compare import baseline_for, speedup
 from winq.plots.readers import RunData, SpectrumData, format_bits
 from winq.plots.style import CYCLE, PALETTE, bits_color, mode_color, new_figure, style
+from winq.quadrature import format_estimate
 
 __all__ = [
     "MASS_FLOOR",
@@ -82,6 +83,34 @@ def _eps_text(eps_values: set, sigma: float | None = None) -> str:
 # 1. density over training
 
 
+def _mass_points(ax, x, values, low, high, resolved, *, color, label=None, marker="o", ls="-"):
+    """Masses with their uncertainty: a line through the points, error bars for the interval
+    (none where it is unknown), filled markers where the mass is resolved and hollow ones where
+    it is not or where that is unknown."""
+    x, values = np.asarray(x, dtype=float), np.asarray(values, dtype=float)
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    ax.plot(x, values, color=color, ls=ls, lw=1.0, label=label)
+    known = np.isfinite(low) & np.isfinite(high) & np.isfinite(values)
+    if known.any():
+        below = np.clip(values[known] - low[known], 0.0, None)
+        above = np.clip(high[known] - values[known], 0.0, None)
+        ax.errorbar(
+            x[known], values[known], yerr=[below, above], fmt="none", ecolor=color,
+            elinewidth=0.8, capsize=2.0, alpha=0.8,
+        )  # fmt: skip
+    solid = np.array([flag is True for flag in resolved], dtype=bool)
+    ax.plot(x[solid], values[solid], ls="none", marker=marker, color=color)
+    ax.plot(x[~solid], values[~solid], ls="none", marker=marker, color=color, mfc="white")
+
+
+MASS_LEGEND = "bars: 95% interval over probes; hollow: not resolved by the quadrature"
+
+
+def _estimate_text(estimate) -> str:
+    text = format_estimate(estimate.value, estimate.ci)
+    return text if estimate.resolved is not False else f"{text} (unresolved)"
+
+
 def plot_density_over_training(
     spectra: Sequence[SpectrumData],
     *,
@@ -128,22 +157,30 @@ def plot_density_over_training(
         axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True)).ravel()
         x_low = min(float(grid.min()) for _, grid, _ in curves)
         x_high = max(float(grid.max()) for _, grid, _ in curves)
+        spread_shown = False
         for ax, (spectrum, grid, mass) in zip(axes, curves):
             color = bits_color(spectrum.bits)
             shown = np.clip(mass, MASS_FLOOR * 1e-3, None)
-            ax.fill_between(grid, MASS_FLOOR * 1e-3, shown, color=color, alpha=0.18, lw=0)
+            probes = spectrum.per_probe_density(grid, sigma) if len(grid) > 1 else None
+            if probes is not None and len(probes) > 1:
+                low = np.clip(probes.min(axis=0), MASS_FLOOR * 1e-3, None)
+                high = np.clip(probes.max(axis=0), MASS_FLOOR * 1e-3, None)
+                ax.fill_between(grid, low, high, color=color, alpha=0.3, lw=0)
+                spread_shown = True
+            else:
+                ax.fill_between(grid, MASS_FLOOR * 1e-3, shown, color=color, alpha=0.18, lw=0)
             ax.plot(grid, shown, color=color, lw=1.0)
             ax.axvline(0.0, color=PALETTE["black"], lw=0.6, ls=":", alpha=0.7)
             ax.set_yscale("log")
             ax.set_ylim(MASS_FLOOR, 1.0)
             ax.set_xlim(x_low, x_high)
             ax.set_title(f"step {format_step(spectrum.step)} of {qat_name(spectrum.bits)}")
-            near_zero, used_eps = spectrum.near_zero_mass(eps, mass_sigma)
+            near_zero, used_eps = spectrum.mass("near_zero", eps, mass_sigma)
             lines = []
-            if near_zero is not None:
+            if near_zero.value is not None and math.isfinite(near_zero.value):
                 eps_note = f"{used_eps:.2g}" if used_eps is not None else "ε"
                 kind = "" if mass_sigma is None else " (broadened)"
-                lines.append(f"mass |λ|<{eps_note}{kind}: {near_zero:.3f}")
+                lines.append(f"mass |λ|≤{eps_note}{kind}: {_estimate_text(near_zero)}")
             if spectrum.lambda_max is not None and spectrum.lambda_min is not None:
                 lines.append(f"λ ∈ [{spectrum.lambda_min:.3g}, {spectrum.lambda_max:.3g}]")
             if lines:
@@ -163,6 +200,8 @@ def plot_density_over_training(
         sigma_used = sigma if sigma is not None else curves[0][0].value("density_sigma")
         separator = "\n" if len(curves) == 1 else "; "
         note = f"{separator}Gaussian σ = {sigma_used:.2g}" if sigma_used is not None else ""
+        if spread_shown:
+            note += "; band: range over probes"
         fig.suptitle((title or "Hessian eigenvalue density over training") + note)
     return fig
 
@@ -205,9 +244,9 @@ def plot_magnitudes_by_bits(
     quantities = [
         ("|λ|max", lambda s: s.abs_lambda_max, True),
         ("|λmin|", lambda s: None if s.lambda_min is None else abs(s.lambda_min), True),
-        ("near-zero mass", lambda s: s.near_zero_mass(eps, mass_sigma)[0], False),
+        ("near-zero mass", None, False),
     ]
-    eps_used = {s.near_zero_mass(eps, mass_sigma)[1] for _, g in groups for s in g.values()}
+    eps_used = {s.mass("near_zero", eps, mass_sigma)[1] for _, g in groups for s in g.values()}
     positions = np.arange(len(widths))
     with style():
         fig = new_figure("two", height=2.5)
@@ -215,6 +254,14 @@ def plot_magnitudes_by_bits(
         shades = _step_shades(len(groups))
         for ax, (name, getter, log) in zip(axes, quantities):
             for (label, chosen), color in zip(groups, shades):
+                if getter is None:
+                    masses = [chosen[b].mass("near_zero", eps, mass_sigma)[0] for b in widths]
+                    _mass_points(
+                        ax, positions, [m.value for m in masses], [m.ci[0] for m in masses],
+                        [m.ci[1] for m in masses], [m.resolved for m in masses], color=color,
+                        label=label,
+                    )  # fmt: skip
+                    continue
                 values = [getter(chosen[b]) for b in widths]
                 values = [np.nan if v is None else v for v in values]
                 if log:
@@ -231,7 +278,7 @@ def plot_magnitudes_by_bits(
         axes[0].set_ylabel("magnitude")
         axes[2].set_ylabel("spectral mass")
         axes[0].legend(loc="best")
-        fig.suptitle("Hessian eigenvalue magnitudes by bit width")
+        fig.suptitle(f"Hessian eigenvalue magnitudes by bit width\n{MASS_LEGEND}")
     return fig
 
 
@@ -289,14 +336,20 @@ def plot_spectrum_over_training(
     with style():
         fig = new_figure("two", height=2.7)
         axes = fig.subplots(1, 3, sharex=True)
+        labels = []
         for (run, frame), color in zip(series, colors):
             steps = frame["step"].to_numpy(float)
             label = run.label
             if frame["source"].iloc[0] == "diagnostics":
                 label += " (logged diagnostics)"
+            labels.append(label)
             kw = {"color": color, "marker": "o", "label": label}
-            axes[0].plot(steps, frame["near_zero_mass"].to_numpy(float), **kw)
-            axes[1].plot(steps, frame["negative_mass"].to_numpy(float), **kw)
+            for ax, kind in zip(axes[:2], ("near_zero", "negative")):
+                _mass_points(
+                    ax, steps, frame[f"{kind}_mass"], frame[f"{kind}_low"],
+                    frame[f"{kind}_high"], list(frame[f"{kind}_resolved"]), color=color,
+                    label=label,
+                )  # fmt: skip
             top = frame["lambda_max"].to_numpy(float)
             bottom = np.abs(frame["lambda_min"].to_numpy(float))
             axes[2].plot(steps, np.where(top > 0, top, np.nan), **kw)
@@ -315,13 +368,12 @@ def plot_spectrum_over_training(
             eps_note = "as logged"
         axes[0].set_title(f"near-zero mass ({eps_note})")
         axes[0].set_ylabel("spectral mass")
-        axes[1].set_title("negative mass (λ < 0)")
+        axes[1].set_title(f"negative mass ({eps_note.replace('|λ| <', 'λ < −')})")
         axes[2].set_title("eigenvalue range")
         _plain_log_axis(axes[2])
         axes[2].set_ylabel("magnitude")
         handles = [
-            Line2D([], [], color=c, marker="o", label=ax_line.get_label())
-            for ax_line, c in zip(axes[0].get_lines()[: len(runs)], colors)
+            Line2D([], [], color=c, marker="o", label=label) for label, c in zip(labels, colors)
         ]
         if any(run.reset_steps for run in runs):
             handles.append(Line2D([], [], color="#666666", ls=(0, (2, 2)), label="WinQ reset"))
@@ -330,7 +382,7 @@ def plot_spectrum_over_training(
             Line2D([], [], color="#444444", marker="s", ls="--", mfc="white", label="|λmin|"),
         ]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6))
-        fig.suptitle(title or "Hessian spectrum over training")
+        fig.suptitle(f"{title or 'Hessian spectrum over training'}\n{MASS_LEGEND}")
     return fig
 
 
@@ -350,8 +402,9 @@ def plot_alpha_sweep(
     ``mass_sigma``: see :func:`plot_density_over_training`.
 
     A sweep is the set of spectra with ``metadata.alpha`` sharing run, bit width and step. Error
-    bars are ±1 standard deviation over SLQ probes of the per-probe near-zero mass (from the
-    Ritz nodes; none when those were not saved).
+    bars are the 95% Student-t interval over SLQ probes (:meth:`SpectrumData.mass`; none when
+    neither Ritz nodes nor a saved interval exist); hollow markers are masses the quadrature
+    does not resolve.
 
     Raises:
         ValueError: no sweep has two or more α values.
@@ -371,30 +424,31 @@ def plot_alpha_sweep(
         ax = fig.subplots()
         for index, ((run, bits, step), by_alpha) in enumerate(sorted(sweeps.items(), key=str)):
             alphas = sorted(by_alpha)
-            means, errors = [], []
+            masses = []
             for alpha in alphas:
                 spectrum = by_alpha[alpha]
-                value, used = spectrum.near_zero_mass(eps, mass_sigma)
+                estimate, used = spectrum.mass("near_zero", eps, mass_sigma)
                 eps_used.add(used)
-                per_probe = spectrum.per_probe_mass("near_zero", used, mass_sigma)
-                if per_probe is not None and len(per_probe) > 1:
-                    errors.append(float(np.std(per_probe, ddof=1)))
-                    probe_counts.add(len(per_probe))
-                else:
-                    errors.append(np.nan)
-                means.append(np.nan if value is None else value)
+                masses.append(estimate)
+                rules = spectrum.rules()
+                if rules is not None:
+                    probe_counts.add(len(rules[0]))
             color = bits_color(bits) if len(sweeps) > 1 else PALETTE["blue"]
             if len(sweeps) > 1 and len({k[1] for k in sweeps}) < len(sweeps):
                 color = CYCLE[index % len(CYCLE)]
             label = f"{run or qat_name(bits)}, step {format_step(step)}"
-            ax.errorbar(alphas, means, yerr=errors, marker="o", color=color, label=label)
+            _mass_points(
+                ax, alphas, [m.value for m in masses], [m.ci[0] for m in masses],
+                [m.ci[1] for m in masses], [m.resolved for m in masses], color=color,
+                label=label,
+            )  # fmt: skip
         ax.set_xlabel("interpolation α   (W ← αW + (1−α)Q(W))")
         ax.set_ylabel(f"near-zero mass ({_eps_text(eps_used, mass_sigma)})")
         ax.set_xlim(-0.05, 1.05)
         counts = f"{min(probe_counts)}" if probe_counts else "?"
         if probe_counts and len(probe_counts) > 1:
             counts += f"–{max(probe_counts)}"
-        ax.legend(loc="best", title=f"error bars: ±1 s.d. over {counts} probes")
+        ax.legend(loc="best", title=f"bars: 95% interval over {counts} probes\nhollow: unresolved")
         ax.set_title(title or "Near-zero mass after a trial reset")
     return fig
 

@@ -6,15 +6,11 @@ Two kinds of folder are recognised anywhere under the paths a user gives:
 * a **run folder** holds ``metrics.jsonl``, or ``config.json`` beside a ``checkpoints/`` folder.
 
 Spectrum folders inside a run folder (``spectra/step_NNNNNN/``) are attached to that run.
-Nothing is recomputed from a model: the only arithmetic here re-broadens the saved Ritz nodes
-θ_j and weights τ_j of stochastic Lanczos quadrature when a figure asks for a different kernel
-width or ε than the one saved, using the same formulas as the writer::
-
-    density(λ) = mean over probes of Σ_j τ_j · N(λ; θ_j, σ²)
-    near-zero mass = mean over probes of Σ_j τ_j · [|θ_j| < ε]
-    broadened near-zero mass (σ given) = mean over probes of
-                     Σ_j τ_j · [Φ((ε − θ_j)/σ) − Φ((−ε − θ_j)/σ)]   (the WinQ notebooks' convention)
-    negative mass  = mean over probes of Σ_j τ_j · [θ_j < 0]
+Files are read through :mod:`winq.spectrumfile` and :mod:`winq.runfiles`, the modules that
+define them. Nothing is recomputed from a model: when a figure asks for another kernel width or
+ε than the one saved, the saved Ritz nodes θ_j and weights τ_j of stochastic Lanczos quadrature
+are re-broadened with :mod:`winq.quadrature`, the functions the estimators themselves use
+(densities, counted and broadened near-zero masses, negative masses).
 
 Every problem with an input is raised as :class:`PlotInputError` with a one-line message that
 names the file.
@@ -22,16 +18,19 @@ names the file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from winq import quadrature, runfiles, spectrumfile
 
 __all__ = [
     "DEFAULT_GRID_POINTS",
@@ -48,14 +47,11 @@ __all__ = [
     "read_spectrum",
 ]
 
-FORMAT_VERSION = 1
-DEFAULT_GRID_POINTS = 400
-SPECTRUM_FILE = "spectrum.json"
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-RITZ_FILE = "ritz.parquet"
-DENSITY_FILE = "density.parquet"
-MODES = ("off", "fixed", "guided")
+FORMAT_VERSION = spectrumfile.FORMAT_VERSION
+DEFAULT_GRID_POINTS = quadrature.DEFAULT_GRID_POINTS
+SPECTRUM_FILE = spectrumfile.SPECTRUM_FILE
+METRICS_FILE = runfiles.METRICS_FILE
+CONFIG_FILE = runfiles.CONFIG_FILE
 
 
 class PlotInputError(ValueError):
@@ -117,21 +113,27 @@ def _read_json(path: Path, what: str) -> Any:
         ) from None
 
 
-def _read_parquet(path: Path, columns: Sequence[str], what: str) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
-        raise PlotInputError(
-            f"{path}: {what} is not a readable parquet file ({_one_line(e)})"
-        ) from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PlotInputError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
-    return frame
-
-
 # --------------------------------------------------------------------------------------------
 # spectra
+
+
+MASS_KINDS = ("negative", "near_zero", "positive", "sign_negative")
+_UNKNOWN = quadrature.Estimate(math.nan, math.nan, (math.nan, math.nan))
+
+
+def _saved_estimate(summary: dict[str, Any], key: str) -> quadrature.Estimate:
+    """The estimate ``key`` as ``spectrum.json`` saved it; parts it lacks are unknown."""
+    ci = summary.get(f"{key}_ci")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_number(x) is not None for x in ci)):
+        ci = (math.nan, math.nan)
+    stderr = _number(summary.get(f"{key}_stderr"))
+    resolved = summary.get(f"{key}_resolved")
+    return quadrature.Estimate(
+        _number(summary.get(key)),
+        math.nan if stderr is None else stderr,
+        (float(ci[0]), float(ci[1])),
+        resolved if isinstance(resolved, bool) else None,
+    )
 
 
 @dataclass
@@ -145,6 +147,7 @@ class SpectrumData:
         ritz: ``(probe, node, weight)`` rows of the whole selection, or None if not saved.
         density_table: ``(lambda, density)`` rows, or None if not saved.
         blocks: per-layer summaries (``spectrum.json["blocks"]``), empty if absent.
+        lanczos: ``(alphas, betas)`` of ``lanczos.parquet``, or None (format 1, or not saved).
         run_name: label of the run folder this spectrum sits in (set by :func:`find_inputs`).
     """
 
@@ -155,6 +158,7 @@ class SpectrumData:
     density_table: pd.DataFrame | None = None
     blocks: dict[str, Any] = field(default_factory=dict)
     run_name: str | None = None
+    lanczos: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -203,74 +207,124 @@ class SpectrumData:
         return max(values) if values else None
 
     # -- quantities from the Ritz nodes ------------------------------------------------------
-    def _probe_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        assert self.ritz is not None
-        arrays = []
-        for _, rows in self.ritz.groupby("probe", sort=True):
-            arrays.append((rows["node"].to_numpy(np.float64), rows["weight"].to_numpy(np.float64)))
-        return arrays
-
-    def per_probe_mass(
-        self, kind: str, eps: float | None = None, sigma: float | None = None
-    ) -> np.ndarray | None:
-        """Per-probe ``near_zero`` (|θ| < ε) or ``negative`` (θ < 0) mass; None without Ritz data.
-
-        Args:
-            kind: ``"near_zero"`` or ``"negative"``.
-            eps: threshold for ``near_zero``; defaults to the saved ``near_zero_eps``.
-            sigma: for ``near_zero``, the mass in ``|λ| < ε`` of the density broadened by a
-                Gaussian of this width instead of the count of nodes inside (which jumps by
-                whole node weights as a node crosses ε).
-        """
+    def rules(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Padded ``(nodes, weights, mask)`` arrays ``(probes, steps)`` of the saved Ritz nodes,
+        or None when ``ritz.parquet`` was not saved (or is empty)."""
         if self.ritz is None or len(self.ritz) == 0:
             return None
-        if kind == "near_zero":
-            eps = self.value("near_zero_eps") if eps is None else eps
-            if eps is None:
-                return None
-            if sigma is None:
-                masses = [float(np.sum(w[np.abs(t) < eps])) for t, w in self._probe_arrays()]
-            else:
-                from scipy.special import ndtr
+        return spectrumfile.read_rules(self.ritz)
 
-                masses = [
-                    float(np.sum(w * (ndtr((eps - t) / sigma) - ndtr((-eps - t) / sigma))))
-                    for t, w in self._probe_arrays()
-                ]
-        elif kind == "negative":
-            masses = [float(np.sum(w[t < 0])) for t, w in self._probe_arrays()]
-        else:
-            raise ValueError(f"kind must be 'near_zero' or 'negative', got {kind!r}")
-        return np.asarray(masses)
+    def rules_with_residuals(self):
+        """``(nodes, weights, mask, residuals)`` of the saved quadrature, or None.
 
-    def near_zero_mass(
-        self, eps: float | None = None, sigma: float | None = None
-    ) -> tuple[float | None, float | None]:
-        """Near-zero mass and the ε it was measured with.
-
-        Without ``sigma``: the saved value when ``eps`` is None or equals the saved
-        ``near_zero_eps``; otherwise recomputed from the Ritz nodes; the saved value (with its
-        own ε) if those are absent. With ``sigma``: the broadened mass from the Ritz nodes,
-        ``(None, eps)`` when they were not saved.
+        From the Lanczos coefficients (``lanczos.parquet``, format 2) when saved: the Gauss
+        rules with each node's residual bound, which decide whether a mass is resolved. Else
+        from the Ritz nodes, residuals unknown (None: every node adjacent to a threshold is
+        then counted as ambiguous). None when neither was saved.
         """
-        saved, saved_eps = self.value("near_zero_mass"), self.value("near_zero_eps")
-        if sigma is not None:
-            per_probe = self.per_probe_mass("near_zero", eps, sigma)
-            used = saved_eps if eps is None else eps
-            return (None if per_probe is None else float(per_probe.mean())), used
-        if eps is None or (saved_eps is not None and math.isclose(eps, saved_eps)):
-            return saved, saved_eps
-        per_probe = self.per_probe_mass("near_zero", eps)
-        if per_probe is None:
-            return saved, saved_eps
-        return float(per_probe.mean()), eps
+        if self.lanczos is not None:
+            return quadrature.rules_from_tridiagonals(*self.lanczos)
+        rules = self.rules()
+        return None if rules is None else (*rules, None)
 
-    def negative_mass(self) -> float | None:
-        saved = self.value("negative_mass")
-        if saved is not None:
-            return saved
-        per_probe = self.per_probe_mass("negative")
-        return None if per_probe is None else float(per_probe.mean())
+    def threshold(self, eps: float | None = None) -> tuple[float | None, bool]:
+        """``(eps, relative)``: an explicit ``eps`` is absolute; None gives the saved
+        ``near_zero_eps`` with its convention (relative to λmax or absolute)."""
+        if eps is not None:
+            return float(eps), False
+        relative = self.summary.get("near_zero_convention") == "relative_to_lambda_max"
+        return self.value("near_zero_eps"), relative
+
+    def abs_lambda_max_range(self) -> tuple[float, float] | None:
+        """``(low, high)``: the smallest and largest per-probe max |θ| (the spread of
+        |λ|max over probes), or None without saved quadrature."""
+        rules = self.rules()
+        if rules is None:
+            return None
+        largest, smallest = quadrature.per_probe_extremes(*rules)
+        per_probe = np.maximum(np.abs(largest), np.abs(smallest))
+        per_probe = per_probe[np.isfinite(per_probe)]
+        return (float(per_probe.min()), float(per_probe.max())) if per_probe.size else None
+
+    @property
+    def ci_level(self) -> float:
+        return self.value("ci_level") or quadrature.DEFAULT_CI
+
+    def mass(
+        self, kind: str, eps: float | None = None, sigma: float | None = None
+    ) -> tuple[quadrature.Estimate, float | None]:
+        """A spectral mass with its interval, and the absolute threshold it was taken at.
+
+        Args:
+            kind: ``"negative"`` (λ < −t), ``"near_zero"`` (|λ| ≤ t), ``"positive"``
+                (λ > t) or ``"sign_negative"`` (λ < 0).
+            eps: the threshold t (absolute); None uses the saved one.
+            sigma: for ``near_zero``, the mass in |λ| < t of the density broadened by
+                N(0, σ²) (the WinQ notebooks' convention) instead of the nodes counted.
+
+        With saved quadrature (:meth:`rules_with_residuals`) the estimate is recomputed by
+        :func:`winq.quadrature.mass_estimates`, the function the estimators use — the saved
+        value at the saved threshold, and its interval (Student t over probes) and resolution
+        flag, which a near-zero interval wholly below the clipped fraction turns to
+        unresolved (:func:`winq.quadrature.below_clipped`). Without it the saved value at the
+        saved threshold, with its saved interval when the file has one; anything else is
+        unknown (NaN).
+
+        Raises:
+            ValueError: an unknown ``kind``, or ``sigma`` with a kind other than near_zero.
+        """
+        if kind not in MASS_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(MASS_KINDS)}, got {kind!r}")
+        if sigma is not None and kind != "near_zero":
+            raise ValueError(f"sigma applies to the near_zero mass, not {kind!r}")
+        key = f"{kind}_mass" + ("" if sigma is None else "_broadened")
+        used, relative = self.threshold(eps)
+        rules = self.rules_with_residuals()
+        if rules is not None and used is not None:
+            nodes, weights, mask, residuals = rules
+            estimate = quadrature.mass_estimates(
+                nodes, weights, mask, residuals, used, relative, sigma, self.ci_level
+            )[key]
+            threshold = quadrature.near_zero_threshold(nodes, weights, mask, used, relative)
+            bound = quadrature.clipped_bound(self.value("clipped_fraction"), threshold, sigma)
+            if kind == "near_zero" and quadrature.below_clipped(estimate.ci, bound):
+                estimate = dataclasses.replace(estimate, resolved=False)
+            return estimate, threshold
+        saved_threshold = self.value("near_zero_threshold") or self.value("near_zero_eps")
+        same = eps is None or math.isclose(eps, self.value("near_zero_eps") or math.nan)
+        if same and sigma is None and self.value(key) is not None:
+            return _saved_estimate(self.summary, key), saved_threshold
+        return _UNKNOWN, used
+
+    def per_probe_density(self, grid: np.ndarray, sigma: float | None = None) -> np.ndarray | None:
+        """``(probes, len(grid))``: each probe's probability mass per grid cell (the spread
+        behind the probe-averaged density), or None without Ritz nodes."""
+        rules = self.rules()
+        if rules is None:
+            return None
+        nodes, weights, mask = rules
+        return np.stack(
+            [
+                quadrature.mass_per_bin(
+                    nodes[p : p + 1], weights[p : p + 1], mask[p : p + 1], grid=grid,
+                    sigma=self._sigma(sigma),
+                )[1]
+                for p in range(nodes.shape[0])
+            ]
+        )  # fmt: skip
+
+    def _saved_density(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.density_table is None:
+            return None
+        table = self.density_table.sort_values("lambda")
+        return table["lambda"].to_numpy(np.float64), table["density"].to_numpy(np.float64)
+
+    def _sigma(self, sigma: float | None) -> float:
+        return (
+            sigma
+            if sigma is not None
+            else (self.value("density_sigma") or quadrature.DEFAULT_SIGMA)
+        )
 
     def density(
         self, grid: np.ndarray | None = None, sigma: float | None = None
@@ -284,44 +338,21 @@ class SpectrumData:
         """
         saved_sigma = self.value("density_sigma")
         same_sigma = sigma is None or (saved_sigma is not None and math.isclose(sigma, saved_sigma))
-        if grid is None and same_sigma and self.density_table is not None:
-            table = self.density_table.sort_values("lambda")
-            return (
-                table["lambda"].to_numpy(np.float64),
-                table["density"].to_numpy(np.float64),
-            )
-        if self.ritz is None or len(self.ritz) == 0:
-            if self.density_table is not None and grid is None:
-                table = self.density_table.sort_values("lambda")  # best available
-                return (
-                    table["lambda"].to_numpy(np.float64),
-                    table["density"].to_numpy(np.float64),
-                )
+        rules = self.rules()
+        if grid is None and (same_sigma or rules is None):
+            saved = self._saved_density()
+            if saved is not None:
+                return saved
+        if rules is None:
             return None
-        sigma = sigma if sigma is not None else (saved_sigma or 5e-3)
-        nodes = self.ritz["node"].to_numpy(np.float64)
-        if grid is None:
-            grid = np.linspace(
-                nodes.min() - 5 * sigma, nodes.max() + 5 * sigma, DEFAULT_GRID_POINTS
-            )
-        grid = np.asarray(grid, dtype=np.float64)
-        density = np.zeros_like(grid)
-        probes = self._probe_arrays()
-        norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
-        for thetas, taus in probes:
-            # (grid, nodes) Gaussian kernel
-            z = (grid[:, None] - thetas[None, :]) / sigma
-            density += norm * np.exp(-0.5 * z * z) @ taus
-        return grid, density / len(probes)
+        return quadrature.density(*rules, grid=grid, sigma=self._sigma(sigma))
 
     def mass_per_bin(self, sigma: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """``(grid, probability mass of each grid cell)``, summing to about 1.
 
-        With Ritz nodes the mass of each cell is the exact integral of the Gaussian mixture
-        over the cell, ``Σ_j τ_j [Φ((b - θ_j)/σ) - Φ((a - θ_j)/σ)]`` averaged over probes, on
-        the saved grid (or the default one). This stays faithful when the grid is coarser than
-        σ, where ``density × cell width`` would alias narrow peaks into spikes and gaps.
-        Without Ritz nodes it is the saved density × cell width.
+        With Ritz nodes: :func:`winq.quadrature.mass_per_bin` (the exact integral of the
+        Gaussian mixture over each cell) on the saved grid, or the default one. Without Ritz
+        nodes: the saved density × cell width.
         """
         saved = self.density(sigma=sigma)
         if saved is None:
@@ -329,72 +360,35 @@ class SpectrumData:
         grid, density = saved
         if len(grid) < 2:
             return grid, density
-        if self.ritz is None or len(self.ritz) == 0:
+        rules = self.rules()
+        if rules is None:
             mass = np.clip(density, 0.0, None) * np.gradient(grid)
             total = mass.sum()
             return grid, (mass / total if total > 0 else mass)
-        saved_sigma = self.value("density_sigma")
-        sigma = sigma if sigma is not None else (saved_sigma or 5e-3)
-        edges = np.concatenate([[grid[0]], (grid[1:] + grid[:-1]) / 2, [grid[-1]]])
-        edges[0], edges[-1] = -np.inf, np.inf  # the end cells collect the tails
-        mass = np.zeros_like(grid)
-        probes = self._probe_arrays()
-        for thetas, taus in probes:
-            # (edges, nodes) normal CDF
-            cdf = _normal_cdf((edges[:, None] - thetas[None, :]) / sigma)
-            mass += np.diff(cdf, axis=0) @ taus
-        return grid, mass / len(probes)
-
-
-_erf = np.frompyfunc(math.erf, 1, 1)
-
-
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + _erf(z / math.sqrt(2.0)).astype(np.float64))
+        return quadrature.mass_per_bin(*rules, grid=grid, sigma=self._sigma(sigma))
 
 
 def read_spectrum(path: str | os.PathLike) -> SpectrumData:
-    """Read one spectrum folder.
+    """Read one spectrum folder (through :mod:`winq.spectrumfile`).
 
     Raises:
         PlotInputError: missing folder or ``spectrum.json``, invalid JSON, not a winq spectrum,
             a newer format, or unreadable parquet files.
     """
     path = Path(path)
-    file = path / SPECTRUM_FILE
-    if not file.is_file():
+    if not spectrumfile.is_spectrum_folder(path):
         raise PlotInputError(f"{path}: not a spectrum folder (no {SPECTRUM_FILE})")
-    document = _read_json(file, SPECTRUM_FILE)
-    if not isinstance(document, dict):
-        raise PlotInputError(f"{file}: expected a JSON object, got {type(document).__name__}")
-    kind = document.get("kind")
-    if kind is not None and kind != "winq-spectrum":
-        raise PlotInputError(f"{file}: not a winq spectrum (kind {kind!r})")
-    version = document.get("format_version", FORMAT_VERSION)
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise PlotInputError(
-            f"{file}: format_version {version} is newer than this reader ({FORMAT_VERSION})"
-        )
-    metadata = document.get("metadata") or {}
-    summary = document.get("summary") or {}
-    blocks = document.get("blocks") or {}
-    for name, part in (("metadata", metadata), ("summary", summary), ("blocks", blocks)):
-        if not isinstance(part, dict):
-            raise PlotInputError(f"{file}: '{name}' must be a JSON object")
-    if "metadata" not in document and "summary" not in document:
-        raise PlotInputError(f"{file}: no 'metadata' or 'summary' (not a winq spectrum)")
-
-    ritz = None
-    if (path / RITZ_FILE).is_file():
-        ritz = _read_parquet(path / RITZ_FILE, ("probe", "node", "weight"), RITZ_FILE)
-        if "block" in ritz.columns:
-            ritz = ritz[ritz["block"].astype(str) == "all"]
-        ritz = ritz[["probe", "node", "weight"]].reset_index(drop=True)
-    density = None
-    if (path / DENSITY_FILE).is_file():
-        density = _read_parquet(path / DENSITY_FILE, ("lambda", "density"), DENSITY_FILE)
-        density = density[["lambda", "density"]].reset_index(drop=True)
-    return SpectrumData(path, metadata, summary, ritz, density, blocks)
+    try:
+        document = spectrumfile.read_document(path)
+        ritz = spectrumfile.read_ritz(path)
+        density = spectrumfile.read_density(path)
+        lanczos = spectrumfile.read_lanczos(path)
+    except spectrumfile.SpectrumFileError as e:
+        raise PlotInputError(str(e)) from None
+    if ritz is not None:
+        ritz = ritz[["probe", "node", "weight"]]
+    metadata, summary, blocks = document["metadata"], document["summary"], document["blocks"]
+    return SpectrumData(path, metadata, summary, ritz, density, blocks, lanczos=lanczos)
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,50 +410,33 @@ def read_metrics(path: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, 
         PlotInputError: unreadable file, a corrupt line before the last, a line that is not a
             JSON object, or a record without an integer ``step``.
     """
-    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise PlotInputError(f"{path}: cannot read {METRICS_FILE} ({e.strerror or e})") from None
-    lines = text.split("\n")
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    records: list[dict[str, Any]] = []
-    for index, (lineno, line) in enumerate(numbered):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if index == len(numbered) - 1:
-                break  # truncated last line
-            raise PlotInputError(
-                f"{path}: line {lineno} is not valid JSON ({e.msg}, column {e.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise PlotInputError(f"{path}: line {lineno} is not a JSON object")
-        step = record.get("step")
-        if isinstance(step, float) and step.is_integer():
-            step = int(step)
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise PlotInputError(f"{path}: line {lineno} has no integer 'step'")
-        record["step"] = step
-        records.append(record)
-
-    merged: dict[int, dict[str, Any]] = {}
-    for record in records:
-        merged.setdefault(record["step"], {}).update(record)
+        records = runfiles.read_records(path)
+    except runfiles.MetricsError as e:
+        raise PlotInputError(str(e)) from None
+    merged = runfiles.merge_by_step(records)
     if not merged:
         return pd.DataFrame({"step": pd.Series([], dtype="int64")}), records
-    frame = pd.DataFrame.from_records([merged[s] for s in sorted(merged)])
+    frame = pd.DataFrame.from_records(merged)
     frame["step"] = frame["step"].astype("int64")
     return frame.reset_index(drop=True), records
 
 
-def _nested(config: dict[str, Any], *keys: str) -> Any:
-    value: Any = config
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
+SERIES_MASS_COLUMNS = [
+    f"{kind}{suffix}"
+    for kind in ("near_zero", "negative")
+    for suffix in ("_mass", "_low", "_high", "_resolved")
+]
+
+
+def _mass_columns(kind: str, estimate: quadrature.Estimate) -> dict[str, Any]:
+    value = estimate.value
+    return {
+        f"{kind}_mass": math.nan if value is None else value,
+        f"{kind}_low": estimate.ci[0],
+        f"{kind}_high": estimate.ci[1],
+        f"{kind}_resolved": estimate.resolved,
+    }
 
 
 @dataclass
@@ -484,10 +461,10 @@ class RunData:
 
     @property
     def bits(self) -> float | int | None:
-        for keys in (("bits",), ("quant", "bits"), ("quantization", "bits"), ("model", "bits")):
-            bits = _bits(_nested(self.config, *keys))
-            if bits is not None:
-                return bits
+        """``config.json``'s ``bits`` (the trainer writes it), else a spectrum's."""
+        bits = _bits(self.config.get("bits"))
+        if bits is not None:
+            return bits
         for spectrum in self.spectra:
             if spectrum.bits is not None:
                 return spectrum.bits
@@ -500,18 +477,13 @@ class RunData:
 
     @property
     def mode(self) -> str:
-        """WinQ mode: ``"off"`` (baseline), ``"fixed"``, ``"guided"``, or another configured name.
+        """WinQ mode: ``"off"`` (baseline), ``"fixed"``, ``"guided"`` (``config["winq"]["mode"]``).
 
-        From ``config["winq"]["mode"]`` (or ``winq_mode``); without one, inferred from the
-        reset records: none -> ``"off"``; any with reason ``"guided"`` -> ``"guided"``;
-        otherwise ``"fixed"``.
+        Without a config that says, inferred from the reset records: none -> ``"off"``; any
+        with reason ``"guided"`` -> ``"guided"``; otherwise ``"fixed"``.
         """
         winq = self.config.get("winq")
         mode = winq.get("mode") if isinstance(winq, dict) else None
-        if mode is None:
-            mode = self.config.get("winq_mode")
-        if isinstance(winq, bool) and mode is None:
-            mode = "fixed" if winq else "off"
         if isinstance(mode, str) and mode:
             return mode.lower()
         resets = [r["reset"] for r in self.records if isinstance(r.get("reset"), dict)]
@@ -521,7 +493,7 @@ class RunData:
 
     @property
     def is_baseline(self) -> bool:
-        return self.mode in ("off", "none", "baseline")
+        return self.mode == "off"
 
     @property
     def mode_label(self) -> str:
@@ -576,41 +548,34 @@ class RunData:
         """Spectral quantities over training, one row per step.
 
         From the run's spectra (α-sweep spectra excluded) when there are any, otherwise from
-        the controller's ``diagnostics`` records. Columns: ``step, near_zero_mass,
-        negative_mass, lambda_max, lambda_min, source``. With ``sigma`` the spectra's near-zero
-        mass is the broadened one (:meth:`SpectrumData.near_zero_mass`); logged diagnostics
-        keep the controller's own measure.
+        the controller's ``diagnostics`` records. Columns: ``step``, ``lambda_max``,
+        ``lambda_min``, ``source`` and, for ``near_zero`` and ``negative`` (λ < −ε): the
+        mass ``K``, its interval ``K_low``/``K_high`` (NaN when unknown) and ``K_resolved``
+        (True/False/None). With ``sigma`` the spectra's near-zero mass is the broadened one
+        (:meth:`SpectrumData.mass`); logged diagnostics keep the controller's own measure.
         """
         rows = []
         for spectrum in self.spectra:
             if spectrum.alpha is not None or spectrum.step is None:
                 continue
-            rows.append(
-                {
-                    "step": spectrum.step,
-                    "near_zero_mass": spectrum.near_zero_mass(eps, sigma)[0],
-                    "negative_mass": spectrum.negative_mass(),
-                    "lambda_max": spectrum.lambda_max,
-                    "lambda_min": spectrum.lambda_min,
-                    "source": "spectrum",
-                }
-            )
+            row = {"step": spectrum.step, "source": "spectrum"}
+            for kind, width in (("near_zero", sigma), ("negative", None)):
+                row.update(_mass_columns(kind, spectrum.mass(kind, eps, width)[0]))
+            row["lambda_max"], row["lambda_min"] = spectrum.lambda_max, spectrum.lambda_min
+            rows.append(row)
         if not rows:
             for record in self.records:
                 diagnostics = record.get("diagnostics")
                 if not isinstance(diagnostics, dict):
                     continue
-                rows.append(
-                    {
-                        "step": record["step"],
-                        "near_zero_mass": _number(diagnostics.get("near_zero_mass")),
-                        "negative_mass": _number(diagnostics.get("negative_mass")),
-                        "lambda_max": _number(diagnostics.get("lambda_max")),
-                        "lambda_min": _number(diagnostics.get("lambda_min")),
-                        "source": "diagnostics",
-                    }
-                )
-        columns = ["step", "near_zero_mass", "negative_mass", "lambda_max", "lambda_min", "source"]
+                row = {"step": record["step"], "source": "diagnostics"}
+                for kind in ("near_zero", "negative"):
+                    estimate = _saved_estimate(diagnostics, f"{kind}_mass")
+                    row.update(_mass_columns(kind, estimate))
+                row["lambda_max"] = _number(diagnostics.get("lambda_max"))
+                row["lambda_min"] = _number(diagnostics.get("lambda_min"))
+                rows.append(row)
+        columns = ["step", *SERIES_MASS_COLUMNS, "lambda_max", "lambda_min", "source"]
         if not rows:
             return pd.DataFrame(columns=columns)
         frame = pd.DataFrame.from_records(rows, columns=columns)
@@ -631,12 +596,11 @@ def read_run(path: str | os.PathLike) -> RunData:
         PlotInputError: not a run folder, or a corrupt ``config.json`` / ``metrics.jsonl``.
     """
     path = Path(path)
-    has_metrics = (path / METRICS_FILE).is_file()
-    has_config = (path / CONFIG_FILE).is_file()
-    if not has_metrics and not (has_config and (path / "checkpoints").is_dir()):
+    if not runfiles.is_run_folder(path):
         raise PlotInputError(f"{path}: not a run folder (no {METRICS_FILE})")
+    has_metrics = (path / METRICS_FILE).is_file()
     config: dict[str, Any] = {}
-    if has_config:
+    if (path / CONFIG_FILE).is_file():
         config = _read_json(path / CONFIG_FILE, CONFIG_FILE)
         if not isinstance(config, dict):
             raise PlotInputError(f"{path / CONFIG_FILE}: expected a JSON object")
@@ -667,11 +631,6 @@ class Inputs:
 
     def __bool__(self) -> bool:
         return bool(self.spectra or self.runs)
-
-
-def _is_run_dir(path: Path, names: Iterable[str]) -> bool:
-    names = set(names)
-    return METRICS_FILE in names or (CONFIG_FILE in names and (path / "checkpoints").is_dir())
 
 
 def find_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
@@ -706,10 +665,10 @@ def find_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Pa
                 found_here += 1
                 dirs[:] = []
                 continue
-            if _is_run_dir(here, files):
+            if runfiles.is_run_folder(here):
                 runs.add(here.resolve())
                 found_here += 1
-                dirs[:] = [d for d in dirs if d != "checkpoints"]
+                dirs[:] = [d for d in dirs if d != runfiles.CHECKPOINTS]
         if not found_here:
             raise PlotInputError(
                 f"{root}: nothing to plot (no {SPECTRUM_FILE} or {METRICS_FILE} found under it)"

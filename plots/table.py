@@ -1,7 +1,12 @@
 """The summary table: one row per spectrum and one per run, as CSV and Markdown.
 
-Numbers are copied from the inputs unchanged and written with Python's shortest round-trip
-``repr``, so reading a cell back with ``float()`` gives exactly the saved value. Empty cells
+The CSV files are for machines: numbers are copied from the inputs unchanged and written with
+Python's shortest round-trip ``repr``, so reading a cell back with ``float()`` gives exactly the
+saved value; every mass has its interval (``_low``, ``_high``, over SLQ probes) and resolution
+flag (``_resolved``) beside it, and λmax/λmin the range of the per-probe extremes. The Markdown
+table is for people: each mass is written ``value ± half-width`` with the digits its interval
+supports (:func:`winq.quadrature.format_estimate`), "(unresolved)" where the quadrature cannot
+place it (docs/diagnostics.md), and "(interval unknown)" for files that carry none. Empty cells
 (CSV) and "–" (Markdown) mark values the inputs do not have.
 """
 
@@ -18,6 +23,7 @@ from typing import Any
 from winq.io import atomic_write_text
 from winq.plots.compare import baseline_for, speedup
 from winq.plots.readers import Inputs, RunData, SpectrumData
+from winq.quadrature import format_estimate
 
 __all__ = [
     "RUN_COLUMNS",
@@ -28,8 +34,16 @@ __all__ = [
 ]
 
 SPECTRUM_COLUMNS = [
-    "path", "run", "bits", "step", "alpha", "lambda_max", "lambda_min", "near_zero_mass",
-    "near_zero_eps", "negative_mass", "clipped_fraction", "trace",
+    "path", "run", "bits", "step", "alpha", "lambda_max", "lambda_max_low", "lambda_max_high",
+    "lambda_min", "lambda_min_low", "lambda_min_high", "near_zero_eps",
+    "near_zero_mass", "near_zero_mass_low", "near_zero_mass_high", "near_zero_mass_resolved",
+    "negative_mass", "negative_mass_low", "negative_mass_high", "negative_mass_resolved",
+    "clipped_fraction", "trace", "trace_stderr",
+]  # fmt: skip
+# the Markdown table: (header, how a row's cells make it)
+SPECTRUM_MARKDOWN = [
+    "path", "run", "bits", "step", "alpha", "lambda_max (probe range)", "lambda_min (probe range)",
+    "near_zero_eps", "near_zero_mass", "negative_mass", "clipped_fraction", "trace",
 ]  # fmt: skip
 RUN_COLUMNS = [
     "path", "run", "bits", "mode", "steps", "final_loss", "final_eval_loss", "resets",
@@ -71,23 +85,72 @@ def spectrum_rows(spectra: Sequence[SpectrumData], root: Path | None = None) -> 
         clipped = summary.get("clipped_fraction")
         if clipped is None:
             clipped = metadata.get("clipped_fraction")
-        rows.append(
-            {
-                "path": _relative(spectrum.path, root),
-                "run": spectrum.run,
-                "bits": _raw(metadata.get("bits")),
-                "step": _raw(metadata.get("step")),
-                "alpha": _raw(metadata.get("alpha")),
-                "lambda_max": _raw(summary.get("lambda_max")),
-                "lambda_min": _raw(summary.get("lambda_min")),
-                "near_zero_mass": _raw(summary.get("near_zero_mass")),
-                "near_zero_eps": _raw(summary.get("near_zero_eps")),
-                "negative_mass": _raw(summary.get("negative_mass")),
-                "clipped_fraction": _raw(clipped),
-                "trace": _raw(summary.get("trace")),
-            }
-        )
+        row = {
+            "path": _relative(spectrum.path, root),
+            "run": spectrum.run,
+            "bits": _raw(metadata.get("bits")),
+            "step": _raw(metadata.get("step")),
+            "alpha": _raw(metadata.get("alpha")),
+            "near_zero_eps": _raw(summary.get("near_zero_eps")),
+            "clipped_fraction": _raw(clipped),
+            "trace": _raw(summary.get("trace")),
+            "trace_stderr": _raw(summary.get("trace_stderr")),
+        }
+        for key in ("lambda_max", "lambda_min"):
+            spread = summary.get(f"{key}_probes")
+            low, high = spread if isinstance(spread, list) and len(spread) == 2 else (None, None)
+            row.update({key: _raw(summary.get(key)), f"{key}_low": _raw(low),
+                        f"{key}_high": _raw(high)})  # fmt: skip
+        for kind in ("near_zero", "negative"):
+            estimate, _ = spectrum.mass(kind)
+            row.update({
+                f"{kind}_mass": _raw(estimate.value),
+                f"{kind}_mass_low": _raw(estimate.ci[0]),
+                f"{kind}_mass_high": _raw(estimate.ci[1]),
+                f"{kind}_mass_resolved": estimate.resolved,
+            })  # fmt: skip
+        rows.append(row)
     return rows
+
+
+def _mass_text(row: dict, key: str) -> str | None:
+    value = row[key]
+    if value is None:
+        return None
+    ci = (row[f"{key}_low"], row[f"{key}_high"])
+    text = format_estimate(value, None if None in ci else ci)
+    return text + (" (unresolved)" if row[f"{key}_resolved"] is False else "")
+
+
+def _range_text(row: dict, key: str) -> str | None:
+    value, low, high = row[key], row[f"{key}_low"], row[f"{key}_high"]
+    if value is None:
+        return None
+    if low is None or high is None:
+        return f"{value:.4g}"
+    return f"{value:.4g} [{low:.4g}, {high:.4g}]"
+
+
+def spectrum_markdown_rows(rows: list[dict]) -> list[dict]:
+    """:func:`spectrum_rows` as :data:`SPECTRUM_MARKDOWN` cells, rounded to their intervals."""
+    out = []
+    for row in rows:
+        trace = row["trace"]
+        if trace is not None and row["trace_stderr"] is not None:
+            trace = f"{trace:.4g} ± {row['trace_stderr']:.2g} (s.e.)"
+        out.append({
+            "path": row["path"], "run": row["run"], "bits": row["bits"], "step": row["step"],
+            "alpha": row["alpha"],
+            "lambda_max (probe range)": _range_text(row, "lambda_max"),
+            "lambda_min (probe range)": _range_text(row, "lambda_min"),
+            "near_zero_eps": row["near_zero_eps"],
+            "near_zero_mass": _mass_text(row, "near_zero_mass"),
+            "negative_mass": _mass_text(row, "negative_mass"),
+            "clipped_fraction": None if row["clipped_fraction"] is None
+            else f"{row['clipped_fraction']:.4g}",
+            "trace": trace if not isinstance(trace, float) else f"{trace:.4g}",
+        })  # fmt: skip
+    return out
 
 
 def run_rows(runs: Sequence[RunData], root: Path | None = None) -> list[dict]:
@@ -174,9 +237,13 @@ def write_summary(
         markdown += [
             "## Spectra",
             "",
-            "Values as saved in each `spectrum.json` (near-zero mass at its own `near_zero_eps`).",
+            "Near-zero mass (|λ| ≤ `near_zero_eps`) and negative mass (λ < −`near_zero_eps`) "
+            "as mean ± half-width of the 95% interval over SLQ probes, *(unresolved)* where "
+            "the quadrature cannot place them at that threshold; λmax/λmin with the range of "
+            "the per-probe extremes. Full precision and the interval ends are in "
+            "`summary_spectra.csv`.",
             "",
-            _markdown(spectra, SPECTRUM_COLUMNS),
+            _markdown(spectrum_markdown_rows(spectra), SPECTRUM_MARKDOWN),
         ]
     if runs:
         path = out_dir / "summary_runs.csv"

@@ -21,10 +21,10 @@ import pytest
 import winq
 
 COMMANDS = {
-    "winq-spectrum": "winq.analysis.cli",
+    "winq-spectrum": "winq.app.spectrum",
     "winq-train": "winq.train.cli",
     "winq-plot": "winq.plots.cli",
-    "winq-reproduce": "winq.train.study",
+    "winq-reproduce": "winq.app.study",
 }
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -131,10 +131,17 @@ def rows(w: Path) -> list[tuple[str, str, list[str], str]]:
         (
             "winq-spectrum",
             "empty data",
-            [*ckpt, *mini, "--data", str(w / "empty.txt")],
+            [*ckpt, *mini, "--data", str(w / "empty.txt"), "--out", str(w / "empty_out")],
             "empty.txt",
         ),
-        ("winq-spectrum", "unknown dataset offline", [*ckpt, *mini, "--data", dataset], dataset),
+        # a hub name is tried as a dataset (not refused as a missing path): it reaches the
+        # data stage, so it gets an --out of its own (the default one is locked by its twin)
+        (
+            "winq-spectrum",
+            "unknown dataset offline",
+            [*ckpt, *mini, "--data", dataset, "--out", str(w / "dataset_out")],
+            dataset,
+        ),
         ("winq-spectrum", "--out is a file", [*ckpt, "--out", str(w / "a_file")], "not a folder"),
         ("winq-spectrum", "unknown device", [*ckpt, "--device", "tpu"], "invalid choice"),
         # winq-train

@@ -260,7 +260,7 @@ def test_lm_blocks_of_a_file_and_max_tokens(tmp_path, tokenizer):
     expected = data.pack(data.iter_tokens(data.load_texts(path), tokenizer), 32)
     assert torch.equal(blocks, expected)
     assert data.lm_blocks(path, tokenizer, 32, max_tokens=100).shape == (3, 32)
-    train, heldout = data.train_and_heldout_blocks(path, tokenizer, 32, seed=5)
+    train, heldout = data.train_and_heldout_blocks(path, tokenizer, 32)
     assert torch.equal(train, blocks)
     assert heldout.shape[1] == 32 and heldout.shape[0] >= 1
 

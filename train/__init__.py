@@ -11,8 +11,10 @@ Hessian diagnostics during training::
 
 Modules, one idea each: ``config`` (TrainConfig), ``schedule`` (cosine LR, fixed reset steps),
 ``controller`` (the spectrum-guided controller), ``inputs`` (model, tokenizer, batches),
-``state`` (checkpoints and resume), ``metrics`` (metrics.jsonl), ``distributed`` (torchrun/DDP),
-``loop`` (train), ``pipeline`` and ``cli`` (the ``winq-train`` command).
+``state`` (claiming the run folder, checkpoints and resume), ``loop`` (train),
+``pipeline`` (pre-training the embedded default, one ``winq-train`` invocation) and ``cli``
+(the command's flags). The run folder's layout and ``metrics.jsonl`` are :mod:`winq.runfiles`;
+torchrun/DDP set-up is :mod:`winq.distributed`.
 
 Names load lazily so that ``winq-train --help`` and flag errors never import torch.
 """
@@ -33,6 +35,7 @@ _LAZY = {
     "fixed_reset_steps": "winq.train.schedule",
     "lr_at": "winq.train.schedule",
     "last_checkpoint": "winq.train.state",
+    "ensure_fp_checkpoint": "winq.train.pipeline",
     "main": "winq.train.cli",
 }
 

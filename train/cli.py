@@ -10,6 +10,7 @@ Examples::
     winq-train --bits 2 --guide --winq-alpha auto --out runs/guided
     winq-train --resume runs/guided              # continue from the last checkpoint
     torchrun --nproc_per_node 2 -m winq.train.cli --bits 2 --out runs/ddp
+    torchrun --nproc_per_node 8 -m winq.train.cli --init BIG --bits 2 --fsdp --out runs/fsdp
 
 Flags are grouped as in ``--help``. Bad input — an unknown bit width, an ``--init`` that is
 not a checkpoint, a missing data file, a non-empty ``--out`` without ``--resume`` or
@@ -38,7 +39,8 @@ from winq.cli import (
     positive_float,
     positive_int,
 )
-from winq.train.config import OPERATIONAL, PRESET_NAMES, TrainConfig
+from winq.sources import looks_like_path
+from winq.train.config import GUIDE_RULES, OPERATIONAL, PRESET_NAMES, RESET_MODES, TrainConfig
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -62,6 +64,12 @@ def optional_positive(text: str) -> float | None:
     if text.strip().lower() in ("off", "none"):
         return None
     return positive_float(text)
+
+
+def optional_nonnegative(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    return nonnegative_float(text)
 
 
 def shrink_factor(text: str) -> float | None:
@@ -147,6 +155,12 @@ def build_parser() -> ArgumentParser:
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="(auto)")
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the model and optimizer state over torchrun's processes with FSDP2 "
+        "instead of DDP (docs/scale.md)",
+    )
 
     g = p.add_argument_group("WinQ")
     g.add_argument(
@@ -160,6 +174,13 @@ def build_parser() -> ArgumentParser:
         "--winq-alpha",
         type=alpha_value,
         help="W <- aW + (1-a)Q(W); 'auto' (with --guide) picks it by measuring (0.2)",
+    )
+    g.add_argument(
+        "--winq-reset-mode",
+        dest="reset_mode",
+        choices=RESET_MODES,
+        help="full: every latent (the paper's); clipped: only latents outside the quantizer's "
+        "range; dither: latents re-spread uniformly inside their rounding cells (full)",
     )
     g.add_argument(
         "--noise-sigma",
@@ -189,14 +210,36 @@ def build_parser() -> ArgumentParser:
         "--scale-freeze-steps", type=positive_int, help="with --reset-scales freeze (T/20)"
     )
 
-    g = p.add_argument_group("spectrum-guided resets")
-    g.add_argument("--guide", action="store_true", help="reset when Hessian diagnostics say so")
+    g = p.add_argument_group("guided resets")
+    g.add_argument("--guide", action="store_true", help="reset when the measurements say so")
+    g.add_argument(
+        "--guide-rule",
+        choices=GUIDE_RULES,
+        help="latent: exact clipped/flip/dispersion readings; spectrum: Hessian diagnostics "
+        "(the earlier default) (latent)",
+    )
+    g.add_argument(
+        "--guide-flip-budget",
+        type=optional_nonnegative,
+        help="latent rule: refuse resets once the flips per latent predicted for the rest of "
+        "the run fall below this, or 'off' (1)",
+    )
+    g.add_argument(
+        "--guide-probes",
+        type=positive_int,
+        help="spectrum rule: Rademacher probes per measurement; 2 or more give the near-zero "
+        "mass the interval --guide-flat-growth needs (1)",
+    )
     g.add_argument(
         "--guide-monitor",
         action="store_true",
-        help="measure and log diagnostics only (baseline or fixed runs)",
+        help="measure and log Hessian diagnostics only (baseline or fixed runs)",
     )
-    g.add_argument("--guide-every", type=positive_int, help="measure every K updates (T/10)")
+    g.add_argument(
+        "--guide-every",
+        type=positive_int,
+        help="read every K updates (latent rule T/20, spectrum rule T/10)",
+    )
     g.add_argument("--guide-steps", type=positive_int, help="Lanczos steps per measurement (8)")
     g.add_argument("--guide-params", help="'linear', 'all' or a regex on parameter names (linear)")
     g.add_argument(
@@ -213,7 +256,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument(
         "--guide-max-period",
         type=nonnegative_int,
-        help="reset after this many updates regardless; 0 = never (T/2)",
+        help="reset after this many updates regardless; 0 = never "
+        "(latent rule never, spectrum rule T/2)",
     )
     g.add_argument(
         "--guide-clip-growth",
@@ -267,6 +311,18 @@ def build_parser() -> ArgumentParser:
         type=positive_int,
         help="held-out batches of --batch-size sequences per evaluation (8)",
     )
+    g.add_argument(
+        "--eval-tasks",
+        metavar="TASKS",
+        help="after training, run winq-eval on the final checkpoint with these comma-separated "
+        "lm-eval tasks or task YAML files (e.g. shakespeare, arc_easy,piqa); results in "
+        "RUN/eval (docs/eval.md)",
+    )
+    g.add_argument(
+        "--eval-limit",
+        type=positive_float,
+        help="items per --eval-tasks task (a count, or a fraction below 1; all)",
+    )
     g.add_argument("--save-every", type=positive_int, help="checkpoint every N updates (T/4)")
     g.add_argument("--keep-last", type=positive_int, help="keep only the K newest checkpoints")
     g.add_argument("--log-every", type=positive_int, help="training log line every N (1)")
@@ -281,17 +337,6 @@ def build_parser() -> ArgumentParser:
 
 # --------------------------------------------------------------------------------------------
 # cheap checks (no torch import): everything a typo can get wrong
-
-
-def _looks_like_path(text: str) -> bool:
-    """A path rather than a dataset name (``owner/name`` has one slash and no suffix)."""
-    return (
-        os.path.isabs(text)
-        or text.startswith((".", "~"))
-        or text.replace(os.sep, "/").count("/") > 1
-        or text.endswith(("/", os.sep))
-        or Path(text).suffix.lower() in (".txt", ".jsonl", ".json", ".parquet", ".md", ".gz")
-    )
 
 
 def check_out_folder(path: str, flag: str = "--out") -> None:
@@ -310,24 +355,38 @@ def check_out_folder(path: str, flag: str = "--out") -> None:
             return
 
 
-def check_checkpoint_folder(path: str, flag: str) -> None:
-    from winq.checkpoint import CheckpointError, check_folder
+def eval_task_list(text: str) -> list[str]:
+    """``--eval-tasks a,b`` as a list (empty entries dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def check_eval_tasks(config: TrainConfig) -> None:
+    """Resolve ``--eval-tasks`` (and load their data) before training, so a task that does not
+    exist, or whose data is not available offline, is refused before hours of training."""
+    tasks = eval_task_list(config.eval_tasks)
+    if not tasks:
+        raise UsageError(f"--eval-tasks {config.eval_tasks!r} names no task")
+    if config.out is None:
+        raise UsageError("--eval-tasks needs --out RUN (the results go to RUN/eval)")
+    from winq.eval import EvalError, load_tasks
 
     try:
-        check_folder(path, flag)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+        load_tasks(tasks)
+    except EvalError as e:
+        raise UsageError(f"--eval-tasks: {e}") from None
 
 
 def check_inputs(config: TrainConfig) -> None:
     """File-system checks of the inputs a config names (raises UsageError)."""
     if config.init is not None:
-        check_checkpoint_folder(config.init, "--init")
+        from winq.checkpoint import check_checkpoint_arg
+
+        check_checkpoint_arg(config.init, "--init")
     if config.tokenizer is not None and not Path(config.tokenizer).exists():
         raise UsageError(f"--tokenizer {config.tokenizer}: no such file or folder")
     if config.data is not None:
         path = Path(config.data)
-        if not path.exists() and _looks_like_path(config.data):
+        if not path.exists() and looks_like_path(config.data):
             raise UsageError(f"--data {config.data}: no such file or folder")
         if path.is_file() and path.stat().st_size == 0:
             raise UsageError(f"--data {config.data}: the file is empty")
@@ -360,7 +419,7 @@ def config_for_resume(run: str, given: dict[str, Any]) -> TrainConfig:
         raise UsageError(
             f"--resume {run}: corrupt config.json ({' '.join(str(e).split())})"
         ) from None
-    from winq.train.metrics import read_records
+    from winq.runfiles import read_records
 
     try:  # checked now: the resumed run rewrites it only after claiming the folder
         read_records(folder / "metrics.jsonl")
@@ -425,7 +484,14 @@ def run(argv: Sequence[str] | None = None) -> int:
                     f"--out {config.out} is not empty; pass --resume {config.out} to continue "
                     "it or --overwrite to replace it"
                 )
+    if config.fsdp and (int(os.environ.get("WORLD_SIZE", "0")) < 2 or "RANK" not in os.environ):
+        raise UsageError(
+            "--fsdp shards the model over torchrun's processes; launch it with "
+            "torchrun --nproc_per_node N (N >= 2) -m winq.train.cli ... --fsdp"
+        )
     check_inputs(config)
+    if config.eval_tasks is not None:
+        check_eval_tasks(config)
 
     # heavy imports from here on
     from winq.train import pipeline

@@ -26,7 +26,9 @@ from typing import Any
 from winq.config import NOISE_MODES, QuantConfig, parse_bits
 
 __all__ = [
+    "GUIDE_RULES",
     "PRESET_NAMES",
+    "RESET_MODES",
     "RESET_SCALES",
     "TrainConfig",
     "preset_defaults",
@@ -34,14 +36,30 @@ __all__ = [
 
 PRESET_NAMES = ("tiny", "small")
 RESET_SCALES = ("keep", "freeze", "reinit")
+RESET_MODES = ("full", "clipped", "dither")  # winq.nn.RESET_MODES (no torch import here)
+GUIDE_RULES = ("latent", "spectrum")  # --guide-rule (winq.train.controller)
+# the reset mode of guided runs unless --winq-reset-mode says otherwise (the controller's
+# docstring gives the evidence); fixed schedules default to the paper's "full"
+GUIDED_RESET_MODE = "clipped"
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_NOISE_SIGMA = 1e-3  # the paper's σ, on by default in WinQ runs only
 DEFAULT_ALPHA_CANDIDATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 ALPHA_CRITERIA = ("abs_lambda_max", "clipped_fraction", "near_zero_mass")  # --guide-alpha-by
 
+# fields added after format_version 1 was fixed, with the value that reproduces what a run
+# written before them did (so such a run can still be resumed)
+ADDED_FIELDS: dict[str, Any] = {
+    "reset_mode": "full",
+    "guide_rule": "spectrum",
+    "guide_flip_budget": None,
+    "guide_probes": 1,
+    "eval_tasks": None,
+    "eval_limit": None,
+}
+
 # fields that may differ between a run and its --resume (they do not change the computation)
-OPERATIONAL = frozenset({"progress", "keep_last", "skip_nonfinite"})
+OPERATIONAL = frozenset({"progress", "keep_last", "skip_nonfinite", "eval_tasks", "eval_limit"})
 
 
 def preset_defaults(preset: str, pretrain: bool) -> dict[str, Any]:
@@ -87,10 +105,12 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
+    fsdp: bool = False
     # WinQ
     winq_resets: int | None = None
     winq_period: int | None = None
     winq_alpha: float | str = 0.2
+    reset_mode: str | None = None
     noise_sigma: float | None = None
     noise_sigma_scale: float | None = None
     noise_mode: str = "pre"
@@ -98,10 +118,13 @@ class TrainConfig:
     reset_optimizer: bool = False
     reset_scales: str = "keep"
     scale_freeze_steps: int | None = None
-    # spectrum-guided controller
+    # guided controller
     guide: bool = False
+    guide_rule: str = "latent"
     guide_monitor: bool = False
     guide_every: int | None = None
+    guide_flip_budget: float | None = 1.0
+    guide_probes: int = 1
     guide_steps: int = 8
     guide_params: str = "linear"
     guide_batch_size: int = 1
@@ -119,6 +142,8 @@ class TrainConfig:
     overwrite: bool = False
     eval_every: int | None = None
     eval_batches: int = 8
+    eval_tasks: str | None = None  # winq-eval on the final checkpoint (comma-separated)
+    eval_limit: float | None = None
     save_every: int | None = None
     keep_last: int | None = None
     log_every: int = 1
@@ -197,6 +222,12 @@ class TrainConfig:
             raise ValueError("give either --winq-resets or --winq-period, not both")
         if self.guide and (self.winq_period is not None or self.winq_resets):
             raise ValueError("--guide decides when to reset; drop --winq-resets/--winq-period")
+        if self.fsdp and (self.guide_monitor or (self.guide and self.guide_rule == "spectrum")):
+            raise ValueError(
+                "--fsdp cannot measure spectra during training (--guide-monitor, --guide-rule "
+                "spectrum): their products are double backward, which FSDP cannot run; use "
+                "--guide-rule latent, or measure checkpoints with winq-spectrum --fsdp"
+            )
         if self.guide and self.guide_monitor:
             raise ValueError("--guide-monitor only measures; it cannot be combined with --guide")
         if isinstance(self.winq_alpha, str):
@@ -210,6 +241,26 @@ class TrainConfig:
             raise ValueError(f"--winq-alpha must be in [0, 1] or 'auto', got {self.winq_alpha}")
         if self.scale_freeze_steps is not None and self.reset_scales != "freeze":
             raise ValueError("--scale-freeze-steps needs --reset-scales freeze")
+        if self.reset_mode is not None and self.reset_mode not in RESET_MODES:
+            raise ValueError(
+                f"--winq-reset-mode must be one of {', '.join(RESET_MODES)}, got {self.reset_mode!r}"
+            )
+        if self.pretrain and self.reset_mode not in (None, "full"):
+            raise ValueError(
+                "--winq-reset-mode needs QAT (--bits below 16); --bits 16 is pre-training"
+            )
+        if self.guide_rule not in GUIDE_RULES:
+            raise ValueError(
+                f"--guide-rule must be one of {', '.join(GUIDE_RULES)}, got {self.guide_rule!r}"
+            )
+        if self.guide_flip_budget is not None and not (
+            math.isfinite(self.guide_flip_budget) and self.guide_flip_budget >= 0
+        ):
+            raise ValueError(
+                f"--guide-flip-budget must be a number >= 0 or 'off', got {self.guide_flip_budget}"
+            )
+        if self.guide_probes < 1:
+            raise ValueError(f"--guide-probes must be a positive integer, got {self.guide_probes}")
         if self.reset_scales not in RESET_SCALES:
             raise ValueError(f"--reset-scales must be one of {', '.join(RESET_SCALES)}")
         if self.noise_mode not in NOISE_MODES:
@@ -244,25 +295,37 @@ class TrainConfig:
         self.check_flags()
         if defaults is None:
             defaults = preset_defaults(self.preset, self.pretrain)
+        if self.warmup is None and self.steps is not None:
+            # an implicit warm-up follows an explicit run length (5% of it for every preset)
+            from winq.embedded import scaled_warmup
+
+            self.warmup = scaled_warmup(defaults, self.steps)
         for name in ("steps", "batch_size", "seq_len", "lr", "warmup"):
             if getattr(self, name) is None:
                 setattr(self, name, defaults[name])
         total = int(self.steps)
-        if self.winq_resets is None:
-            self.winq_resets = 0 if self.pretrain or self.guide or self.winq_period else 3
+        if self.winq_resets is None:  # the paper's 3, as many as a very short run holds
+            implicit = 0 if self.pretrain or self.guide or self.winq_period else 3
+            self.winq_resets = min(implicit, max(0, total - 1))
         if self.noise_sigma is None:
             self.noise_sigma = 0.0 if self.winq_mode == "off" else DEFAULT_NOISE_SIGMA
         if self.eval_every is None:
             self.eval_every = max(1, total // 10)
         if self.save_every is None:
             self.save_every = max(1, total // 4)
+        if self.reset_mode is None:
+            latent = self.guide and self.guide_rule == "latent"
+            self.reset_mode = GUIDED_RESET_MODE if latent else "full"
         if self.guide or self.guide_monitor:
+            # the latent rule's readings are exact and cheap: every T/20 updates, and no reset
+            # is ever forced; the spectrum rule's cost a Lanczos run each (T/10, forced at T/2)
+            spectrum = self.guide_rule == "spectrum" or self.guide_monitor
             if self.guide_every is None:
-                self.guide_every = max(1, total // 10)
+                self.guide_every = max(1, total // (10 if spectrum else 20))
             if self.guide_min_period is None:
                 self.guide_min_period = max(1, total // 8)
             if self.guide_max_period is None:
-                self.guide_max_period = max(1, total // 2)
+                self.guide_max_period = max(1, total // 2) if spectrum else 0
         if self.reset_scales == "freeze" and self.scale_freeze_steps is None:
             self.scale_freeze_steps = max(1, total // 20)
         self.validate()
@@ -330,6 +393,7 @@ class TrainConfig:
                     "period": self.winq_period,
                     "reset_steps": self.reset_steps(),
                     "alpha": self.winq_alpha,
+                    "reset_mode": self.reset_mode,
                     "reset_optimizer": self.reset_optimizer,
                     "reset_scales": self.reset_scales,
                     "scale_freeze_steps": self.scale_freeze_steps,
@@ -343,8 +407,11 @@ class TrainConfig:
             )
             if self.guide or self.guide_monitor:
                 winq["guide"] = {
+                    "rule": self.guide_rule,
                     "monitor_only": self.guide_monitor,
                     "every": self.guide_every,
+                    "flip_budget": self.guide_flip_budget,
+                    "probes": self.guide_probes,
                     "lanczos_steps": self.guide_steps,
                     "params": self.guide_params,
                     "batch_size": self.guide_batch_size,
@@ -379,6 +446,7 @@ class TrainConfig:
         if not isinstance(data, dict) or data.get("kind") != "winq-train":
             raise ValueError("not a winq-train config.json")
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {**ADDED_FIELDS, **data}
         missing = sorted(names - set(data))
         if missing:
             raise ValueError(f"config.json lacks {', '.join(missing)}")

@@ -1,64 +1,82 @@
-r"""The spectrum-guided WinQ controller: measure, decide, reset.
+r"""The guided WinQ controller: measure, decide, reset.
 
-Every ``--guide-every`` steps the controller measures, on one fixed held-out probe batch,
+Two rules (``--guide-rule``), both called by the loop every ``--guide-every`` updates through
+:meth:`Controller.run`.
 
-* ``clipped_fraction`` — the share of latent weights outside the quantizer's range (zero STE
-  gradient). It is exact and free, and it is the part of the Hessian's null space that a reset
-  removes (``docs`` / FINDINGS: a 2-bit reset took it from 8.9% to 0.03%);
-* a few Lanczos steps (``--guide-steps``, full reorthogonalisation) on the Hessian of the
-  quantized model's loss with respect to the selected latent weights (``--guide-params``),
-  from one fixed Rademacher probe: Ritz values :math:`\theta_j` and Gauss-quadrature weights
-  :math:`\tau_j` give :math:`\lambda_{\max}`, :math:`\lambda_{\min}`,
-  :math:`|\lambda|_{\max} = \max(|\lambda_{\max}|, |\lambda_{\min}|)`, the near-zero mass
-  :math:`\sum_j \tau_j [\,|\theta_j| < \varepsilon\,\lambda_{\max}]` (ε relative, as in
-  FINDINGS, so it does not grow merely because the whole spectrum shrinks) and the negative mass
-  :math:`\sum_j \tau_j [\theta_j < 0]`.
+**The latent rule** (``latent``, the default; :func:`decide_latent`) reads the latent grid
+exactly and at no Hessian cost (:mod:`winq.train.latents`): the clipped fraction ``c`` (latents
+outside the STE range, zero gradient), the grid dispersion ``D`` (0 on the grid, 1/2 spread
+uniformly over the cells; in units of the half cell) and the flip fraction ``f`` since its
+previous reading, ``Δt`` updates earlier. From ``f`` and the learning-rate schedule it predicts
+how far the latents can still travel,
 
-The same probe vector and batch are used for every measurement (common random numbers), so
-successive measurements differ because the weights moved, not because the probe did.
+.. math::
 
-**What can be measured at this cost** (tiny preset, 2-bit, 300 updates, BENCHMARKS.md): with
-8–16 Lanczos nodes from one probe, :math:`\lambda_{\max}` is already converged (the same to 4
-digits as with 30 nodes), but nearly all the quadrature weight (0.93–0.99) sits on a single
-node within 1e-2·λmax of zero, which lands on either side of 1e-3·λmax (and of 0) from one
-measurement to the next: the near-zero mass read 0.98, 0, 0.97, 0, ... and the negative mass
-0.01, 0.99, ... on consecutive measurements of one run. They are logged, with the mass at
-several thresholds and the quadrature's resolution near zero, but do not drive decisions by
-default. The clipped fraction grew steadily (0.7% → 3.0%, flattening as the learning rate
-decayed), and a trial reset's effect on :math:`|\lambda|_{\max}` is monotone in α.
+    F_{\mathrm{rem}}(t) = f \cdot \frac{\sum_{u=t}^{T-1} \eta_u}{\sum_{u=t-\Delta t}^{t-1} \eta_u},
 
-**The rule** (:func:`decide`). The reference is the measurement just after the last reset
-(or at step 0). A reset is due when, since then,
+the flips per latent the rest of the run makes if flips keep pace with the learning rate spent
+(AdamW moves a latent by at most about η per update). For latents spread over their cells a
+flip is one cell width of travel, so ``F_rem`` is also the travel left, in cell widths.
 
-* the clipped fraction grew by at least ``clip_growth`` (absolute; default 0.01), or
+A reset is due when saturation has built up since the last reset (or the start):
+``c - c_ref >= clip_growth``. The due reset is first tried (exactly: the latents are copied,
+reset, measured and restored), which gives its *collapse* ``ΔD = D - D_after``: a ``full``
+reset at α takes in-range latents from ``D`` to ``α·D``, a ``clipped`` one leaves them where
+they are (``ΔD <= 0``). It takes back ``ΔD/2`` cell widths of travel from every in-range
+latent, which the rest of the run must make good before flips resume. The reset is refused —
+and the controller stops — when ``F_rem < flip_budget · ΔD/2`` (the latents cannot travel back)
+or, after warm-up, once the learning rate is below ``lr_floor`` of its peak. It resets in
+``--winq-reset-mode`` with ``--winq-alpha`` (or ``auto``: the gentlest candidate α that
+removes at least 90% of the clipping the strongest removes, by the same exact trials).
+
+Evidence for the thresholds (BENCHMARKS.md, "Does WinQ speed up QAT here?"). On the small
+preset (400 updates, 1/1.58/2 bits, 3 seeds) every ``full`` reset schedule ended 0.6–2.3%
+behind plain QAT: after a reset the runs improved 0.009–0.044 over the last half against the
+baselines' 0.057–0.087, and one α = 0 reset at 1 bit stalled a run as much as three — the
+collapse onto the grid, not the count of resets, is the harm. Hence: the default mode is
+``clipped`` (``ΔD <= 0``: nothing in range collapses, so the budget test never refuses it and
+a reset can only take saturated latents back into range); ``clip_growth`` = 0.01 (the 2-bit
+runs clip 1–3% of their latents, so a reset waits for saturation comparable to what is
+there); ``flip_budget`` = 1 (a collapse of ΔD/2 cell widths must be recoverable at least once
+over); ``lr_floor`` = 0.25 (below it the remaining schedule is under a tenth of the run's
+learning-rate budget (6% for a cosine decay to zero, reached at 2/3 of the run)). The thresholds are set from that mechanism;
+the grid that would test this rule against the others is recorded in BENCHMARKS.md as far as
+it has been run.
+
+**The spectrum rule** (``spectrum``, the previous default; :func:`decide`). Every
+``--guide-every`` updates it measures, on one fixed held-out probe batch, the clipped fraction
+and ``--guide-steps`` Lanczos steps (full reorthogonalisation) on the Hessian of the quantized
+model's loss with respect to the selected latent weights, from ``--guide-probes`` fixed
+Rademacher probes: Ritz values :math:`\theta_j` and Gauss-quadrature weights :math:`\tau_j`
+give :math:`\lambda_{\max}`, :math:`\lambda_{\min}`,
+:math:`|\lambda|_{\max} = \max(|\lambda_{\max}|, |\lambda_{\min}|)`, the near-zero mass
+:math:`\sum_j \tau_j [\,|\theta_j| < \varepsilon\,\lambda_{\max}]` and the negative mass
+:math:`\sum_j \tau_j [\theta_j < 0]`. The same probes and batch are used for every
+measurement (common random numbers), so successive measurements differ because the weights
+moved, not because the probe did.
+
+With 8–16 Lanczos nodes from one probe (tiny preset, 2-bit, 300 updates, BENCHMARKS.md)
+:math:`\lambda_{\max}` is converged (the same to 4 digits as with 30 nodes), but nearly all the
+quadrature weight (0.93–0.99) sits on one node within 1e-2·λmax of zero, which lands on either
+side of 1e-3·λmax from one measurement to the next: the near-zero mass read 0.98, 0, 0.97, 0,
+... on consecutive measurements of one run. A reset is due when, since the measurement just
+after the last reset (or at step 0),
+
+* the clipped fraction grew by at least ``clip_growth`` (exact), or
 * :math:`|\lambda|_{\max}` shrank by at least the factor ``shrink`` (default 2), or
-* the near-zero mass grew by at least ``flat_growth`` (absolute; off by default, see above),
+* the near-zero mass grew by at least ``flat_growth`` (off by default) *and* beyond its
+  measurement error: the 95% Student-t intervals over probes (:func:`winq.quadrature.t_interval`)
+  of the two masses do not overlap. With one probe there is no interval, so this trigger
+  cannot fire; it needs ``--guide-probes 2`` or more;
 
-but only once ``min_period`` steps have passed since the last reset (measurements before that
-are skipped: nothing could be decided); after ``max_period`` steps a reset is due whatever was
-measured. A due reset is *refused* once warm-up is over and the learning rate has decayed
-below ``lr_floor`` of its peak: FINDINGS found resets late in a decaying schedule hurt
-(latents collapse onto the grid, level flips stop). After the first refusal the controller
-stops measuring, since the learning rate only falls from there.
-
-**α** is fixed (``--winq-alpha A``) or chosen (``--winq-alpha auto``) among candidates by a
-trial reset at each: the latent weights are copied, reset with that α, measured, and restored
-exactly. A reset leaves Q(W) — hence the loss and the scales — unchanged and changes the
-Hessian only through the clip mask, so a trial costs only the measurement. The criterion
-(``alpha_by``):
-
-* ``"abs_lambda_max"`` (default): a stronger reset (smaller α) un-clips more weights and raises
-  :math:`|\lambda|_{\max}` monotonically, with diminishing returns; take the *gentlest*
-  candidate (largest α) that achieves at least ``alpha_gain`` (0.9) of the largest rise over
-  the pre-reset value among the candidates. If no candidate raises it (1-bit LSQ: a reset
-  cannot un-clip anything), the gentlest candidate.
-* ``"clipped_fraction"``: the same rule on the fall of the clipped fraction (exact, but blind
-  to the curvature).
-* ``"near_zero_mass"``: the smallest near-zero mass (ties within 1e-3 to the larger α) —
-  the criterion of the paper's α sweep, meaningful only with enough Lanczos steps.
-
-The chosen candidate's measurement is bit-for-bit what the real reset gives, so it becomes the
-new reference.
+but only once ``min_period`` steps have passed since the last reset; after ``max_period``
+steps a reset is due whatever was measured. A due reset is refused (and the controller stops)
+after warm-up once the learning rate is below ``lr_floor`` of its peak. α is fixed or chosen
+among candidates by a trial reset at each (``alpha_by``): the gentlest candidate reaching
+``alpha_gain`` (0.9) of the largest rise of :math:`|\lambda|_{\max}` (or fall of the clipped
+fraction), or the smallest near-zero mass. A reset leaves Q(W) — hence the loss and the
+scales — unchanged, so a trial costs only the measurement, and the chosen candidate's
+measurement is bit-for-bit what the real reset gives: it becomes the new reference.
 """
 
 from __future__ import annotations
@@ -67,24 +85,27 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from winq.train.config import ALPHA_CRITERIA
+from winq.train.config import ALPHA_CRITERIA, GUIDE_RULES
 
 __all__ = [
     "ALPHA_CRITERIA",
     "DIAGNOSTIC_KEYS",
+    "GUIDE_RULES",
     "Controller",
     "Decision",
     "GuideRule",
     "choose_alpha",
     "decide",
-    "latent_snapshot",
+    "decide_latent",
     "make_measure",
+    "remaining_flips",
+    "respread_need",
     "spectral_summary",
     "trial_reset",
 ]
@@ -107,22 +128,28 @@ class GuideRule:
     """Thresholds of the guided controller (see the module docstring).
 
     Attributes:
+        kind: ``"latent"`` or ``"spectrum"``.
         min_period: fewest steps between two resets (and between step 0 and the first).
         max_period: a reset is due after this many steps whatever was measured (None: never).
         clip_growth: rise in clipped fraction (absolute) that triggers a reset (None: off).
-        flat_growth: rise in near-zero mass (absolute) that triggers a reset (None: off).
-        shrink: factor by which |λ|max must fall to trigger a reset (None: off).
+        flat_growth: rise in near-zero mass (absolute) that triggers a reset when it is also
+            beyond the masses' intervals (None: off; spectrum rule).
+        shrink: factor by which |λ|max must fall to trigger a reset (None: off; spectrum rule).
         lr_floor: refuse resets after warm-up once lr < lr_floor · peak lr.
+        flip_budget: refuse resets once the predicted flips per latent in the rest of the run,
+            :func:`remaining_flips`, fall below this (None: off; latent rule).
         alpha_by: criterion of ``--winq-alpha auto`` (see the module docstring).
         alpha_gain: fraction of the best candidate's gain the chosen (gentlest) one must reach.
     """
 
+    kind: str = "latent"
     min_period: int = 1
     max_period: int | None = None
     clip_growth: float | None = 0.01
     flat_growth: float | None = None
     shrink: float | None = 2.0
     lr_floor: float = 0.25
+    flip_budget: float | None = 1.0
     alpha_by: str = "abs_lambda_max"
     alpha_gain: float = 0.9
 
@@ -143,6 +170,116 @@ def _num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _min_period_wait(steps_since_reset: int, rule: GuideRule) -> Decision | None:
+    if steps_since_reset < rule.min_period:
+        return Decision(
+            "wait", f"{steps_since_reset} steps since the last reset < min period {rule.min_period}"
+        )
+    return None
+
+
+def _clip_trigger(now: dict[str, Any], reference: dict[str, Any] | None, rule: GuideRule):
+    if reference is None or rule.clip_growth is None:
+        return None
+    c_now, c_ref = _num(now.get("clipped_fraction")), _num(reference.get("clipped_fraction"))
+    if c_now is not None and c_ref is not None and c_now - c_ref >= rule.clip_growth:
+        return f"clipped fraction {c_ref:.4f} -> {c_now:.4f}"
+    return None
+
+
+def _lr_refusal(lr_fraction: float, after_warmup: bool, rule: GuideRule) -> str | None:
+    if after_warmup and lr_fraction < rule.lr_floor:
+        return f"lr at {lr_fraction:.3f} of peak < floor {rule.lr_floor}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the latent rule
+
+
+def remaining_flips(flip_fraction: float | None, spent: float, remaining: float) -> float | None:
+    """Flips per latent the rest of the run makes if flips keep pace with the learning rate:
+    ``f · remaining / spent`` (module docstring), or None when ``f`` is unknown or nothing was
+    spent over its interval."""
+    f = _num(flip_fraction)
+    if f is None or spent <= 0:
+        return None
+    return f * remaining / spent
+
+
+def respread_need(collapse: float | None) -> float | None:
+    """The mean travel, in cell widths, a reset that lowers the grid dispersion by
+    ``collapse`` takes back from the in-range latents: ``collapse / 2`` (dispersion is in
+    half-cells), or None when the reset lowers nothing (``clipped``) or ``collapse`` is
+    unknown."""
+    collapse = _num(collapse)
+    if collapse is None or collapse <= 0:
+        return None
+    return collapse / 2
+
+
+def decide_latent(
+    reading: dict[str, Any],
+    reference: dict[str, Any] | None,
+    *,
+    steps_since_reset: int,
+    lr_fraction: float,
+    after_warmup: bool,
+    rule: GuideRule,
+) -> Decision:
+    """The latent rule's decision from one reading (a pure function; see module docstring).
+
+    Args:
+        reading: the latent grid now: ``clipped_fraction``, ``grid_dispersion``,
+            ``flip_fraction``, ``remaining_flips`` and ``collapse``, the fall of the grid
+            dispersion the planned reset causes (measured by a trial reset; None = unknown).
+        reference: the reading just after the last reset (or the first one); None if there is
+            none yet, in which case only ``max_period`` can make a reset due.
+        steps_since_reset: optimizer steps since the last reset (or since step 0).
+        lr_fraction: the current learning rate over the peak learning rate.
+        after_warmup: whether warm-up is over (the learning-rate refusal applies only then).
+        rule: the thresholds.
+    """
+    waiting = _min_period_wait(steps_since_reset, rule)
+    if waiting is not None:
+        return waiting
+    triggers: list[str] = []
+    if rule.max_period is not None and steps_since_reset >= rule.max_period:
+        triggers.append(f"{steps_since_reset} steps since the last reset >= max period")
+    clipped = _clip_trigger(reading, reference, rule)
+    if clipped is not None:
+        triggers.append(clipped)
+    if not triggers:
+        return Decision("wait", "no trigger")
+    refusals = []
+    flips, need = _num(reading.get("remaining_flips")), respread_need(reading.get("collapse"))
+    if rule.flip_budget is not None and flips is not None and need is not None:
+        if flips < rule.flip_budget * need:
+            refusals.append(
+                f"{flips:.3g} flips per latent predicted for the rest of the run < "
+                f"{rule.flip_budget:g} x the {need:.3g} cell widths the reset takes back"
+            )
+    lr = _lr_refusal(lr_fraction, after_warmup, rule)
+    if lr is not None:
+        refusals.append(lr)
+    if refusals:
+        return Decision("refuse", f"{'; '.join(refusals)} ({'; '.join(triggers)})", triggers)
+    return Decision("reset", "; ".join(triggers), triggers)
+
+
+# --------------------------------------------------------------------------------------------
+# the spectrum rule
+
+
+def _masses_separated(now: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Whether the two near-zero masses' 95% intervals over probes are disjoint (False when
+    either has no interval, e.g. one probe)."""
+    a, b = now.get("near_zero_mass_ci"), reference.get("near_zero_mass_ci")
+    if not a or not b or any(_num(x) is None for x in (*a, *b)):
+        return False
+    return a[0] > b[1] or b[0] > a[1]
+
+
 def decide(
     diagnostics: dict[str, Any],
     reference: dict[str, Any] | None,
@@ -152,10 +289,11 @@ def decide(
     after_warmup: bool,
     rule: GuideRule,
 ) -> Decision:
-    """The controller's decision from one measurement (a pure function; see module docstring).
+    """The spectrum rule's decision from one measurement (a pure function; module docstring).
 
     Args:
-        diagnostics: the measurement now (keys of :data:`DIAGNOSTIC_KEYS`; None = unknown).
+        diagnostics: the measurement now (keys of :data:`DIAGNOSTIC_KEYS`, and
+            ``near_zero_mass_ci`` with two or more probes; None = unknown).
         reference: the measurement just after the last reset (or the first one); None if there
             is none yet, in which case only ``max_period`` can make a reset due.
         steps_since_reset: optimizer steps since the last reset (or since step 0).
@@ -163,24 +301,19 @@ def decide(
         after_warmup: whether warm-up is over (the refusal applies only then).
         rule: the thresholds.
     """
-    if steps_since_reset < rule.min_period:
-        return Decision(
-            "wait", f"{steps_since_reset} steps since the last reset < min period {rule.min_period}"
-        )
+    waiting = _min_period_wait(steps_since_reset, rule)
+    if waiting is not None:
+        return waiting
     triggers: list[str] = []
     if rule.max_period is not None and steps_since_reset >= rule.max_period:
         triggers.append(f"{steps_since_reset} steps since the last reset >= max period")
     if reference is not None:
-        now, ref = (
-            _num(diagnostics.get("clipped_fraction")),
-            _num(reference.get("clipped_fraction")),
-        )
-        if rule.clip_growth is not None and now is not None and ref is not None:
-            if now - ref >= rule.clip_growth:
-                triggers.append(f"clipped fraction {ref:.4f} -> {now:.4f}")
+        clipped = _clip_trigger(diagnostics, reference, rule)
+        if clipped is not None:
+            triggers.append(clipped)
         now, ref = _num(diagnostics.get("near_zero_mass")), _num(reference.get("near_zero_mass"))
         if rule.flat_growth is not None and now is not None and ref is not None:
-            if now - ref >= rule.flat_growth:
+            if now - ref >= rule.flat_growth and _masses_separated(diagnostics, reference):
                 triggers.append(f"near-zero mass {ref:.3f} -> {now:.3f}")
         now, ref = _num(diagnostics.get("abs_lambda_max")), _num(reference.get("abs_lambda_max"))
         if rule.shrink is not None and now is not None and ref is not None and ref > 0:
@@ -188,12 +321,9 @@ def decide(
                 triggers.append(f"|lambda|max {ref:.4g} -> {now:.4g}")
     if not triggers:
         return Decision("wait", "no trigger")
-    if after_warmup and lr_fraction < rule.lr_floor:
-        return Decision(
-            "refuse",
-            f"lr at {lr_fraction:.3f} of peak < floor {rule.lr_floor} ({'; '.join(triggers)})",
-            triggers,
-        )
+    lr = _lr_refusal(lr_fraction, after_warmup, rule)
+    if lr is not None:
+        return Decision("refuse", f"{lr} ({'; '.join(triggers)})", triggers)
     return Decision("reset", "; ".join(triggers), triggers)
 
 
@@ -242,25 +372,30 @@ def choose_alpha(
 # measurement
 
 
-def spectral_summary(nodes, weights, eps: float, mask=None) -> dict[str, float]:
+def spectral_summary(nodes, weights, eps: float, mask=None) -> dict[str, Any]:
     """Extreme eigenvalues and masses from Ritz nodes and quadrature weights.
 
-    Uses :mod:`winq.analysis.diagnostics` (near-zero threshold ``eps·λmax``, the FINDINGS
-    convention); ``mask`` marks real nodes when Lanczos stopped early on some probe.
+    Uses :mod:`winq.quadrature` (near-zero threshold ``eps·λmax``); ``mask`` marks real nodes
+    when Lanczos stopped early on some probe. With two or more probes the near-zero mass also
+    gets its 95% Student-t interval over probes, ``near_zero_mass_ci`` (None with one probe).
 
     Args:
         nodes: ``(probes, steps)`` or ``(steps,)`` Ritz values θ.
         weights: same shape, quadrature weights τ (each probe's sum to 1).
         eps: near-zero threshold relative to λmax.
     """
-    from winq.analysis import diagnostics as d
+    from winq import quadrature as d
 
     top, bottom = d.lambda_max(nodes, weights, mask), d.lambda_min(nodes, weights, mask)
+    per_probe = d.per_probe_near_zero_mass(nodes, weights, mask, eps=eps, relative=True)
+    interval = d.t_interval(per_probe, 0.95).ci
+    finite = all(math.isfinite(x) for x in interval)
     return {
         "lambda_max": top,
         "lambda_min": bottom,
         "abs_lambda_max": max(abs(top), abs(bottom)),
         "near_zero_mass": d.near_zero_mass(nodes, weights, mask, eps=eps, relative=True),
+        "near_zero_mass_ci": [float(x) for x in interval] if finite else None,
         "negative_mass": d.negative_mass(nodes, weights, mask),
         "near_zero_eps": eps,
         # the same mass at other thresholds, and the quadrature's resolution near zero (the
@@ -282,17 +417,20 @@ def make_measure(
     lanczos_steps: int = 12,
     eps: float = 1e-3,
     seed: int = 0,
+    probes: int = 1,
 ) -> Measure:
-    """The production measurement: clipped fraction + one-probe, full-reorth Lanczos quadrature.
+    """The spectrum rule's measurement: clipped fraction + full-reorth Lanczos quadrature.
 
     Args:
         probe_batches: this rank's share of the fixed held-out probe batch (the Hessian
             operator all-reduces across ranks, so every rank gets the whole batch's result).
         params: the parameter selection (``"linear"``, ``"all"``, a regex; see
             :func:`winq.analysis.select_parameters`).
-        lanczos_steps: Lanczos steps (= Hessian-vector products) per measurement.
+        lanczos_steps: Lanczos steps (= Hessian-vector products) per probe.
         eps: near-zero threshold relative to λmax.
-        seed: seeds the (fixed) probe vector.
+        seed: seeds the (fixed) probe vectors.
+        probes: Rademacher probes per measurement (two or more give the near-zero mass an
+            interval, which ``flat_growth`` needs).
     """
 
     def measure(model: nn.Module) -> dict[str, Any]:
@@ -302,7 +440,7 @@ def make_measure(
             model,
             probe_batches,
             params=params,
-            probes=1,
+            probes=probes,
             steps=lanczos_steps,
             reorth="full",
             seed=seed,
@@ -317,65 +455,80 @@ def make_measure(
     return measure
 
 
-@torch.no_grad()
-def latent_snapshot(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, Any, Any]]:
-    """Copies of every QuantLinear's latent weight and frozen-noise draws, to restore later."""
-    from winq.nn import quant_layers
-
-    return [
-        (layer, layer.weight.detach().clone(), layer._frozen_noise, layer._frozen_scale_noise)
-        for _, layer in quant_layers(model)
-    ]
-
-
-@torch.no_grad()
-def restore_snapshot(snapshot: list[tuple[nn.Module, torch.Tensor, Any, Any]]) -> None:
-    for layer, weight, noise, scale_noise in snapshot:
-        layer.weight.copy_(weight)
-        layer._frozen_noise = noise
-        layer._frozen_scale_noise = scale_noise
-
-
 @contextlib.contextmanager
-def trial_reset(model: nn.Module, alpha: float) -> Iterator[None]:
-    """Reset ``model`` with ``alpha`` for the duration of the block, then restore it exactly."""
-    from winq.nn import reset_
+def trial_reset(
+    model: nn.Module,
+    alpha: float,
+    mode: str = "full",
+    generator: torch.Generator | None = None,
+) -> Iterator[None]:
+    """Reset ``model`` (α, mode, dither generator as :func:`winq.nn.reset_`) for the duration
+    of the block, then restore its latents exactly."""
+    from winq.nn import reset_, restore_latents, snapshot_latents
 
-    snapshot = latent_snapshot(model)
+    snapshot = snapshot_latents(model)
     try:
-        reset_(model, alpha)
+        reset_(model, alpha, mode, generator)
         yield
     finally:
-        restore_snapshot(snapshot)
+        restore_latents(snapshot)
+
+
+# --------------------------------------------------------------------------------------------
+# the controller
 
 
 class Controller:
-    """Holds the guided controller's state between measurements; the loop calls :meth:`step`.
+    """Holds the guided controller's state between readings; the loop calls :meth:`run`.
 
     Args:
-        rule: the decision thresholds.
-        measure: ``model -> diagnostics`` (see :func:`make_measure`); called with the model in
-            eval mode, must not touch the global RNG (the loop forks it around the call).
+        rule: the rule and its thresholds.
+        measure: ``model -> diagnostics`` (see :func:`make_measure`) of the spectrum rule and
+            of ``--guide-monitor``; called with the model in eval mode and the global RNG
+            forked around it. Unused by the latent rule (None is fine then).
         alpha: the fixed α, or None to choose among ``alpha_candidates``.
         alpha_candidates: α values tried with ``--winq-alpha auto``.
+        every: read every this many steps (the loop asks :meth:`due`).
+        monitor_only: measure and log, never decide or reset (``--guide-monitor``).
+        mode: the reset mode (:data:`winq.nn.RESET_MODES`).
+        schedule: the run's learning-rate schedule (the latent rule's flip budget needs it).
+        generator: ``step -> torch.Generator`` for ``dither`` trial resets (the same the
+            real reset at that step uses).
     """
 
     def __init__(
         self,
         rule: GuideRule,
-        measure: Measure,
+        measure: Measure | None,
         alpha: float | None = 0.2,
         alpha_candidates: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
+        every: int = 1,
+        monitor_only: bool = False,
+        mode: str = "full",
+        schedule: Any = None,
+        generator: Callable[[int], torch.Generator] | None = None,
     ) -> None:
         self.rule = rule
-        self.measure = measure
+        self._measure_fn = measure
         self.alpha = alpha
         self.alpha_candidates = tuple(float(a) for a in alpha_candidates)
+        self.every = int(every)
+        self.monitor_only = monitor_only
+        self.mode = mode
+        self.schedule = schedule
+        self._generator = generator
         self.reference: dict[str, Any] | None = None
         self.last_reset_step = 0
         self.stopped = False
         self.seconds = 0.0
         self.measurements = 0
+        # the latent rule's level codes at its last reading (and that reading's step)
+        self.codes: dict[str, torch.Tensor] | None = None
+        self.codes_step: int | None = None
+
+    @property
+    def latent(self) -> bool:
+        return self.rule.kind == "latent" and not self.monitor_only
 
     # -- state for checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -385,6 +538,8 @@ class Controller:
             "stopped": self.stopped,
             "seconds": self.seconds,
             "measurements": self.measurements,
+            "codes": self.codes,
+            "codes_step": self.codes_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -393,18 +548,25 @@ class Controller:
         self.stopped = bool(state.get("stopped", False))
         self.seconds = float(state.get("seconds", 0.0))
         self.measurements = int(state.get("measurements", 0))
+        self.codes = state.get("codes")
+        self.codes_step = state.get("codes_step")
 
-    def rule_dict(self) -> dict[str, Any]:
-        return asdict(self.rule)
+    def _decision_state(self) -> dict[str, Any]:
+        """What every rank must agree on after a decision (the codes are computed from the
+        same weights on every rank, so they are not sent)."""
+        state = self.state_dict()
+        del state["codes"], state["codes_step"]
+        return state
 
-    # -- work --------------------------------------------------------------------------------
-    def _measure(self, model: nn.Module) -> dict[str, Any]:
+    # -- readings ----------------------------------------------------------------------------
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        """One spectrum measurement (model in eval mode, global RNG untouched), timed."""
         was_training = model.training
         model.eval()
         start = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=[]):
-                diagnostics = dict(self.measure(model))
+                diagnostics = dict(self._measure_fn(model))
         finally:
             model.train(was_training)
         seconds = time.perf_counter() - start
@@ -413,22 +575,53 @@ class Controller:
         diagnostics["seconds"] = seconds
         return diagnostics
 
-    def measure_now(self, model: nn.Module) -> dict[str, Any]:
-        """One measurement (model in eval mode, global RNG untouched), timed in ``seconds``."""
-        return self._measure(model)
+    def read_latents(self, model: nn.Module, step: int) -> dict[str, Any]:
+        """The latent rule's reading at ``step`` (exact; remembers this step's level codes)."""
+        from winq.nn import flip_fraction, level_codes
+        from winq.train.latents import latent_summary
+
+        start = time.perf_counter()
+        reading: dict[str, Any] = {"step": int(step), **latent_summary(model)}
+        if self.codes is not None:
+            reading["flip_fraction"] = _num(flip_fraction(self.codes, model).value)
+            reading["flip_since"] = self.codes_step
+            if self.schedule is not None:
+                spent = self.schedule.budget(self.codes_step, step)
+                remaining = self.schedule.budget(step, self.schedule.total_steps)
+                reading["remaining_flips"] = remaining_flips(
+                    reading["flip_fraction"], spent, remaining
+                )
+        self.codes = {name: codes.cpu() for name, codes in level_codes(model).items()}
+        self.codes_step = int(step)
+        self.seconds += time.perf_counter() - start
+        self.measurements += 1
+        return reading
 
     def initial(self, model: nn.Module) -> dict[str, Any]:
-        """Measure at step 0: the first reference."""
-        diagnostics = self._measure(model)
-        self.reference = diagnostics
-        return diagnostics
+        """The reading (latent rule) or measurement (otherwise) at step 0: the first reference."""
+        self.reference = self.read_latents(model, 0) if self.latent else self.measure(model)
+        return self.reference
 
+    def begin(
+        self, model: nn.Module, sync: Callable[[Any], Any] = lambda value: value
+    ) -> dict[str, Any]:
+        """The first reference, read before the first update; returns the record to log at
+        step 0: ``{"guide": reading}`` (latent rule) or ``{"diagnostics": measurement}``."""
+        self.reference = sync(self.initial(model))
+        if self.latent:
+            reading = {k: v for k, v in self.reference.items() if k != "step"}
+            return {"guide": {"rule": "latent", **reading, "decision": "wait",
+                              "reason": "the first reading: the reference"}}  # fmt: skip
+        return {"diagnostics": self.reference}
+
+    # -- decisions ---------------------------------------------------------------------------
     def decide_now(
-        self, diagnostics: dict[str, Any], step: int, lr_fraction: float, after_warmup: bool
+        self, reading: dict[str, Any], step: int, lr_fraction: float, after_warmup: bool
     ) -> Decision:
-        """Apply :func:`decide` against the current reference; a refusal stops the controller."""
-        decision = decide(
-            diagnostics,
+        """Apply the rule against the current reference; a refusal stops the controller."""
+        rule = decide_latent if self.latent else decide
+        decision = rule(
+            reading,
             self.reference,
             steps_since_reset=step - self.last_reset_step,
             lr_fraction=lr_fraction,
@@ -439,13 +632,17 @@ class Controller:
             self.stopped = True
         return decision
 
-    def trials(self, model: nn.Module) -> dict[float, dict[str, Any]]:
-        """A trial reset and measurement at every candidate α (only the fixed α if set)."""
+    def trials(self, model: nn.Module, step: int = 0) -> dict[float, dict[str, Any]]:
+        """A trial reset and measurement at every candidate α (only the fixed α if set); the
+        latent rule measures the grid exactly (:func:`~winq.train.latents.latent_summary`)."""
+        from winq.train.latents import latent_summary
+
         alphas = self.alpha_candidates if self.alpha is None else (self.alpha,)
         candidates: dict[float, dict[str, Any]] = {}
         for alpha in alphas:
-            with trial_reset(model, alpha):
-                candidates[alpha] = self._measure(model)
+            generator = self._generator(step) if self.mode == "dither" and self._generator else None
+            with trial_reset(model, alpha, self.mode, generator):
+                candidates[alpha] = latent_summary(model) if self.latent else self.measure(model)
         return candidates
 
     def pick_alpha(
@@ -453,7 +650,8 @@ class Controller:
     ) -> float:
         if self.alpha is not None:
             return self.alpha
-        return choose_alpha(candidates, before, self.rule.alpha_by, self.rule.alpha_gain)
+        by = "clipped_fraction" if self.latent else self.rule.alpha_by
+        return choose_alpha(candidates, before, by, self.rule.alpha_gain)
 
     def step(
         self,
@@ -463,31 +661,114 @@ class Controller:
         after_warmup: bool,
         sync: Callable[[Any], Any] = lambda value: value,
     ) -> tuple[dict[str, Any] | None, Decision | None, float | None, dict[float, dict]]:
-        """Measure and decide at ``step``.
+        """Read and decide at ``step``.
 
         Args:
-            sync: applied to the measurement, the decision and the trial measurements before
+            sync: applied to the reading, the decision and the trial measurements before
                 they are used (``distributed.broadcast_object`` makes every rank take rank 0's,
                 so ranks never diverge; all ranks must call this together).
 
         Returns:
-            ``(diagnostics, decision, alpha, candidates)``: all None/empty when nothing was
-            measured (the controller has stopped, or fewer than ``min_period`` steps have
-            passed since the last reset, so no reset could be decided); ``alpha`` the α to
-            reset with when the decision is ``"reset"``; ``candidates`` the trial measurements
-            by α (empty unless a reset was decided).
+            ``(reading, decision, alpha, candidates)``: all None/empty when nothing was read
+            (the controller has stopped, or — spectrum rule — fewer than ``min_period`` steps
+            have passed since the last reset, so no reset could be decided); ``alpha`` the α
+            to reset with when the decision is ``"reset"``; ``candidates`` the trial
+            measurements by α (with ``auto`` α; empty unless a reset was decided).
         """
-        if self.stopped or step - self.last_reset_step < self.rule.min_period:
+        if self.stopped:
             return None, None, None, {}
-        diagnostics = sync(self._measure(model))
-        decision = sync(self.decide_now(diagnostics, step, lr_fraction, after_warmup))
+        if self.latent:  # cheap and exact: read every time, so the flip fraction is per period
+            return self._latent_step(model, step, lr_fraction, after_warmup, sync)
+        if step - self.last_reset_step < self.rule.min_period:
+            return None, None, None, {}
+        else:
+            reading = sync(self.measure(model))
+        decision = sync(self.decide_now(reading, step, lr_fraction, after_warmup))
         self.stopped = decision.decision == "refuse"
         if decision.decision != "reset":
-            return diagnostics, decision, None, {}
-        candidates = sync(self.trials(model))
-        return diagnostics, decision, self.pick_alpha(candidates, diagnostics), candidates
+            return reading, decision, None, {}
+        candidates = sync(self.trials(model, step))
+        return reading, decision, self.pick_alpha(candidates, reading), candidates
+
+    def _latent_step(self, model, step, lr_fraction, after_warmup, sync):
+        """:meth:`step` of the latent rule: a reset that is due is first tried (exactly, at
+        every candidate α with ``auto``), and the fall of the grid dispersion it would cause
+        goes into the reading as ``collapse`` before the rule decides."""
+        reading = sync(self.read_latents(model, step))
+        candidates, alpha = {}, None
+        if self.decide_now(reading, step, lr_fraction, after_warmup).decision == "reset":
+            candidates = sync(self.trials(model, step))
+            alpha = self.pick_alpha(candidates, reading)
+            after = _num(candidates[alpha].get("grid_dispersion"))
+            before = _num(reading.get("grid_dispersion"))
+            if after is not None and before is not None:
+                reading["collapse"] = before - after
+        decision = sync(self.decide_now(reading, step, lr_fraction, after_warmup))
+        self.stopped = decision.decision == "refuse"
+        if decision.decision != "reset":
+            return reading, decision, None, {}
+        return reading, decision, alpha, candidates if self.alpha is None else {}
 
     def after_reset(self, step: int, measured: dict[str, Any]) -> None:
         """Record a reset at ``step`` whose post-reset measurement is ``measured``."""
         self.last_reset_step = step
         self.reference = measured
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Whether the loop should call :meth:`run` after update ``step``."""
+        return step % self.every == 0 and step < total_steps
+
+    def run(
+        self,
+        model: nn.Module,
+        step: int,
+        lr_fraction: float,
+        after_warmup: bool,
+        reset: Callable[[float], dict[str, Any]],
+        sync: Callable[[Any], Any] = lambda value: value,
+    ) -> list[dict[str, Any]]:
+        """Everything the controller does after update ``step``: read, decide, reset.
+
+        Args:
+            model: the (unwrapped) model.
+            reset: ``alpha -> reset record``: applies a reset with the run's options
+                (:func:`winq.train.loop.apply_reset`).
+            sync: see :meth:`step`; the controller's state is also taken from rank 0.
+
+        Returns:
+            The records to log at ``step``, as they happened: ``{"diagnostics": ...}`` (a
+            spectrum measurement), ``{"guide": ...}`` (the decision; the latent rule's reading
+            in it) and ``{"reset": ...}`` (none when nothing was read).
+        """
+        records: list[dict[str, Any]] = []
+        if self.monitor_only:
+            records.append({"diagnostics": sync(self.measure(model))})
+            return records
+        reading, decision, alpha, candidates = self.step(
+            model, step, lr_fraction, after_warmup, sync=sync
+        )
+        if reading is not None:
+            guide: dict[str, Any] = {"rule": self.rule.kind}
+            if self.latent:
+                guide.update({k: v for k, v in reading.items() if k != "step"})
+            else:
+                records.append({"diagnostics": reading})
+            guide.update(decision=decision.decision, reason=decision.reason)
+            if decision.decision == "reset":
+                guide["alpha"] = alpha
+                if candidates:
+                    key = "clipped_fraction" if self.latent else "near_zero_mass"
+                    guide["candidates"] = {f"{a:g}": c.get(key) for a, c in candidates.items()}
+            records.append({"guide": guide})
+            if decision.decision == "reset":
+                record = reset(alpha)
+                if self.latent:
+                    measured = {**reading, **record["after"]}
+                else:
+                    measured = candidates[alpha]
+                self.after_reset(step, measured)
+                records.append({"reset": record})
+        # every rank keeps rank 0's state, so later decisions agree
+        self.load_state_dict({**sync(self._decision_state()), "codes": self.codes,
+                              "codes_step": self.codes_step})  # fmt: skip
+        return records

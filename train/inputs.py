@@ -7,7 +7,8 @@ Model sources, by mode:
 * QAT: ``--init CKPT`` (default: the preset's cached FP checkpoint) loaded with
   :func:`winq.load`; an FP checkpoint is quantized here with the run's full
   :class:`~winq.QuantConfig` (bits, quantizer, group size, activation bits, noise) and the scale
-  initialisation of DESIGN.md; a quantized checkpoint of the same bit width continues QAT;
+  initialisation of :func:`winq.quantizers.init_scale` (ParetoQ's); a quantized checkpoint of
+  the same bit width continues QAT;
 * ``--resume``: the run's own checkpoint, exactly as saved.
 
 Tokenizer: ``--tokenizer PATH`` if given, else the checkpoint's, else (fresh preset models) the
@@ -219,7 +220,6 @@ def build_data(
         text_field=config.text_field,
         streaming=config.streaming or None,
         max_positions=limit,
-        seed=config.seed,
     )
     return TrainData(
         train_blocks,

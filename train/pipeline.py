@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from winq import distributed
 from winq.cli import UsageError
@@ -94,6 +95,30 @@ def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def evaluate_final(config: TrainConfig, result: Any, dist: distributed.Dist) -> None:
+    """``--eval-tasks``: :func:`winq.eval.evaluate_checkpoint` on the final checkpoint, on the
+    main process (the others wait), results in ``RUN/eval`` (replaced on a rerun)."""
+    if dist.is_main:
+        from winq.eval import evaluate_checkpoint
+
+        if result.final_checkpoint is None:
+            raise RuntimeError("--eval-tasks: the run saved no checkpoint to evaluate")
+        limit = config.eval_limit
+        if limit is not None and limit >= 1:
+            limit = int(limit)
+        evaluated = evaluate_checkpoint(
+            result.final_checkpoint,
+            [t.strip() for t in config.eval_tasks.split(",") if t.strip()],
+            out=Path(result.out) / "eval",
+            overwrite=True,
+            limit=limit,
+            device=config.device or "auto",
+            seed=config.seed or 0,
+        )
+        _say(dist, f"winq-train: evaluated {result.final_checkpoint}\n{evaluated.table()}")
+    distributed.barrier()
+
+
 def main_run(config: TrainConfig, resume: str | None) -> int:
     """Resolve, pre-train the default FP model if needed, and train (see module docstring)."""
     from winq.train.loop import train
@@ -127,6 +152,8 @@ def main_run(config: TrainConfig, resume: str | None) -> int:
             f"winq-train: {result.out}: step {result.step}, held-out loss {loss}, "
             f"{summary.get('resets', 0)} resets{extra}; last checkpoint {result.final_checkpoint}",
         )
+        if config.eval_tasks is not None:
+            evaluate_final(config, result, dist)
         return 0
     finally:
         distributed.cleanup()

@@ -70,6 +70,11 @@ class CosineSchedule:
         """The learning rate of update ``step`` as a fraction of the peak."""
         return self(step) / self.peak_lr if self.peak_lr > 0 else 0.0
 
+    def budget(self, start: int, stop: int) -> float:
+        """``Σ η_t`` over the updates ``start <= t < stop`` made by this run (clipped to
+        ``[0, T)``): the learning rate a span of the run spends."""
+        return math.fsum(self(t) for t in range(max(0, start), min(stop, self.total_steps)))
+
     def state_dict(self) -> dict[str, float | int]:
         return {
             "peak_lr": self.peak_lr,

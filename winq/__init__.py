@@ -19,7 +19,18 @@ _LAZY = {
     "dequantize_": "winq.nn",
     "quant_layers": "winq.nn",
     "reset_": "winq.nn",
+    "reset_with_stats_": "winq.nn",
+    "RESET_MODES": "winq.nn",
+    "snapshot_latents": "winq.nn",
+    "restore_latents": "winq.nn",
+    "linearized": "winq.nn",
+    # exact measurements of the latent grid (no Hessian products)
     "clipped_fraction": "winq.nn",
+    "clipped_fractions": "winq.nn",
+    "level_codes": "winq.nn",
+    "flip_fraction": "winq.nn",
+    "grid_dispersion": "winq.nn",
+    "LatentStat": "winq.nn",
     "quantizers": "winq.quantizers",
     # checkpoints
     "save": "winq.checkpoint",

@@ -4,7 +4,8 @@
 checkpoint reloads into exactly the model that was saved (bit-identical logits on CPU) and
 training can continue from it. A folder without ``winq_quant.json`` is a plain FP checkpoint;
 ``load(path, bits=B)`` quantizes it on the fly with the initial scales of
-:mod:`winq.quantizers`.
+:mod:`winq.quantizers`. A packed export (:mod:`winq.export.packed`: bit-packed codes and scales
+instead of latent weights) loads too, each latent weight set to its ``Q(W)``.
 
 Writing is atomic: the folder is built under a temporary name beside ``path`` and renamed in,
 so an existing checkpoint is never half-overwritten. Reading never executes code: weights come
@@ -26,11 +27,12 @@ from torch import nn
 
 from winq.config import QuantConfig, parse_bits
 from winq.io import atomic_dir, atomic_write_json
-from winq.nn import QuantLinear, quant_layers, quantize_
+from winq.nn import QuantLinear, dequantize_, quant_layers, quantize_
 
 __all__ = [
     "QUANT_FILE",
     "CheckpointError",
+    "check_checkpoint_arg",
     "check_folder",
     "first_nonfinite",
     "is_quantized",
@@ -169,6 +171,7 @@ def read_quant_config(path: str | os.PathLike) -> tuple[QuantConfig, list[str]] 
         )
     names = data.pop("quantized_modules", None)
     data.pop("skipped_modules", None)
+    data.pop("packing", None)  # a packed export's grid, read by winq.export.packed.read_packing
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CheckpointError(
             f"corrupt {QUANT_FILE} in {path}: 'quantized_modules' must be a list of names"
@@ -217,6 +220,17 @@ def check_folder(path: str | os.PathLike, name: str = "checkpoint") -> None:
             raise CheckpointError(f"{where}: corrupt {file.name} ({e})") from None
 
 
+def check_checkpoint_arg(path: str | os.PathLike, flag: str) -> None:
+    """A command's pre-load check of a checkpoint flag (``--ckpt``, ``--init``):
+    :func:`check_folder`, its failure reported as a :class:`winq.cli.UsageError` (exit 2)."""
+    from winq.cli import UsageError
+
+    try:
+        check_folder(path, flag)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
 def _load_scales(path: Path, model: nn.Module) -> None:
     from safetensors import SafetensorError, safe_open
 
@@ -258,7 +272,7 @@ def load(
     trust_remote_code: bool = False,
     load_tokenizer: bool = True,
 ) -> tuple[nn.Module, Any]:
-    """Load a winq checkpoint, or a plain Hugging Face checkpoint quantized to ``bits``.
+    """Load a winq checkpoint or packed export, or a plain HF checkpoint quantized to ``bits``.
 
     Args:
         path: a checkpoint folder.
@@ -286,6 +300,11 @@ def load(
     path = Path(path)
     check_folder(path)
     saved = read_quant_config(path)
+    packed_grid = None
+    if saved is not None:
+        from winq.export.packed import read_packing
+
+        packed_grid = read_packing(path)  # None unless a packed export (winq.export.packed)
     if bits is not None:
         try:
             bits = parse_bits(bits)
@@ -308,7 +327,10 @@ def load(
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"cannot load model from {str(path)!r}: {first}") from None
-    if saved is not None and (bits is None or bits == saved_bits):
+    # A packed export holds codes, not latent weights: it is always built as saved first, each
+    # latent weight set to Q(W) itself.
+    as_saved = saved is not None and (bits is None or bits == saved_bits)
+    if saved is not None and (as_saved or packed_grid is not None):
         config, names = saved
         wanted = set(names)
         quantize_(model, config, filter_fn=lambda name, module: name in wanted)
@@ -319,7 +341,13 @@ def load(
                 f"{QUANT_FILE} in {str(path)!r} names modules the model lacks, e.g. {missing[0]}"
             )
         _load_scales(path, model)
-    elif bits is not None and bits != 16:
+        if packed_grid is not None:
+            from winq.export.packed import load_packed_weights
+
+            load_packed_weights(path, model, packed_grid)
+            if not as_saved:
+                dequantize_(model)  # re-quantizing starts from Q(W), its only weights
+    if not as_saved and bits is not None and bits != 16:
         # FP checkpoint, or a quantized one re-quantized: keep its granularity and noise
         # settings, take fresh scales from the latent weights.
         settings = saved[0].to_dict() if saved is not None else {}

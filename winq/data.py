@@ -11,7 +11,8 @@
   lines) — one document per object, its ``text_field``;
 * a ``.parquet`` file — one document per row of column ``text_field``;
 * a folder — every such file below it (hidden ones skipped), in sorted path order;
-* anything else — a Hugging Face dataset name for ``datasets.load_dataset(name, data_config)``.
+* anything else — a Hugging Face dataset name for ``datasets.load_dataset(name, data_config)``
+  (the rule that tells a path from a name is :func:`winq.sources.looks_like_path`).
 
 **Held-out split.** The embedded corpus and a Hugging Face dataset with a ``validation`` (or
 ``valid``, ``val``, ``dev``, ``test``) split use their own. Otherwise document ``i`` (counting
@@ -56,6 +57,7 @@ from typing import Any, NamedTuple
 import torch
 
 from winq._text import split_documents
+from winq.sources import DATA_SUFFIXES, describe_source, looks_like_path
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -76,7 +78,6 @@ __all__ = [
     "train_and_heldout_blocks",
 ]
 
-DATA_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet")
 DEFAULT_HELDOUT_FRACTION = 0.05
 HF_HELDOUT_SPLITS = ("validation", "valid", "val", "dev", "test")
 SPLITS = ("train", "heldout")
@@ -92,22 +93,6 @@ class DataError(ValueError):
 
 
 # -- sources ------------------------------------------------------------------------------------
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or source.lower().endswith(DATA_SUFFIXES)
-
-
-def describe_source(source: str | Path | None) -> str:
-    """How messages name a source: ``data file 'x.jsonl'``, ``dataset 'name'``, ..."""
-    if source is None:
-        return "the embedded corpus"
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return f"data folder '{source}'"
-    if path.exists() or _looks_like_path(str(source)):
-        return f"data file '{source}'"
-    return f"dataset '{source}'"
 
 
 def is_heldout_index(index: int, fraction: float) -> bool:
@@ -410,7 +395,7 @@ def load_texts(
             documents = _split_documents(
                 _local_documents(path, text_field), split, heldout_fraction, streaming
             )
-        elif _looks_like_path(str(source)):
+        elif looks_like_path(source):
             raise DataError(f"{what} not found")
         else:
             documents = _hf_documents(
@@ -665,7 +650,6 @@ def train_and_heldout_blocks(
     max_tokens: int | None = None,
     heldout_max_tokens: int | None = None,
     max_positions: int | None = None,
-    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training and held-out blocks of a source (what ``winq-train`` asks for).
 
@@ -673,15 +657,14 @@ def train_and_heldout_blocks(
         max_tokens: cap on training tokens read.
         heldout_max_tokens: cap on held-out tokens read (default: none, or
             ``STREAMING_HELDOUT_TOKENS`` when streaming, so memory stays bounded).
-        seed: accepted for the trainer's call and deliberately unused: blocks and the held-out
-            split do not depend on the run's seed, so runs with different seeds are evaluated
-            on the same held-out blocks (shuffling is the batch iterator's job).
         others: as in :func:`lm_blocks`.
+
+    Blocks and the held-out split do not depend on any seed, so runs with different seeds are
+    evaluated on the same held-out blocks (shuffling is the batch iterator's job).
 
     Returns:
         ``(train_blocks, heldout_blocks)``, each ``LongTensor (n, seq_len)``.
     """
-    del seed
     if heldout_max_tokens is None and streaming:
         heldout_max_tokens = STREAMING_HELDOUT_TOKENS
     common = {

@@ -44,12 +44,15 @@ small's 3.67M (+14%), spent on the vocabulary rather than the layers QAT quantiz
 published models tie them too (SmolLM, Llama 3.2 1B/3B, Qwen2.5-0.5B), and ``lm_head`` stays
 full precision under QAT either way.
 
-=========  ======  ======  =====  ===  ============  ============  =========================
-preset     hidden  layers  heads  kv   intermediate  parameters    fwd+bwd (2 CPU cores)
-=========  ======  ======  =====  ===  ============  ============  =========================
-``tiny``   128     2       4      2    384           656,000       see ``TRAINING_DEFAULTS``
-``small``  256     4       8      4    768           3,672,320     see ``TRAINING_DEFAULTS``
-=========  ======  ======  =====  ===  ============  ============  =========================
+=========  ======  ======  =====  ===  ============  ============  ===============================
+preset     hidden  layers  heads  kv   intermediate  parameters    one step, 16 × 256 tokens, 1 core
+=========  ======  ======  =====  ===  ============  ============  ===============================
+``tiny``   128     2       4      2    384           656,000       285 ms (BENCHMARKS.md, Trainer)
+``small``  256     4       8      4    768           3,672,320     1116 ms
+=========  ======  ======  =====  ===  ============  ============  ===============================
+
+Run settings per preset (pre-training, QAT, the reproduction study) are one table,
+:data:`TRAINING_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -87,6 +91,7 @@ __all__ = [
     "ensure_built",
     "model_config",
     "play_names",
+    "scaled_warmup",
     "tokenizer",
     "tokenizer_path",
     "training_defaults",
@@ -139,20 +144,34 @@ _COMMON_CONFIG: dict[str, Any] = {
     "use_cache": True,
 }
 
-# Default hyper-parameters of `winq-train` per preset and mode ("pretrain": --bits 16 from a
-# fresh model; "qat": from the preset's FP checkpoint). Filled in from measurements below.
+# The one table of per-preset run settings. "pretrain": `winq-train --bits 16` from a fresh
+# model (long enough that the held-out loss has flattened, so that QAT is not confounded with
+# further pre-training; see BENCHMARKS.md); "qat": `winq-train` from the preset's FP
+# checkpoint; "study": the runs and spectra of `winq-reproduce` (shorter sequences and runs, so
+# the whole study fits in minutes). Warm-up is 5% of each run; when a run's length is changed,
+# the warm-up follows (see `scaled_warmup`).
 TRAINING_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "pretrain": {"steps": 600, "batch_size": 16, "seq_len": 256, "lr": 3e-3, "warmup": 30},
         "qat": {"steps": 300, "batch_size": 16, "seq_len": 256, "lr": 1e-3, "warmup": 15},
+        "study": {
+            "steps": 240, "batch_size": 16, "seq_len": 128, "lr": 1e-3, "warmup": 12,
+            "eval_every": 20, "eval_batches": 4, "probes": 4, "lanczos_steps": 30,
+            "spectrum_batches": 1, "spectrum_batch_size": 8,
+        },
     },
     "small": {
         "pretrain": {"steps": 1000, "batch_size": 16, "seq_len": 256, "lr": 2e-3, "warmup": 50},
         "qat": {"steps": 400, "batch_size": 16, "seq_len": 256, "lr": 7e-4, "warmup": 20},
+        "study": {
+            "steps": 480, "batch_size": 16, "seq_len": 128, "lr": 7e-4, "warmup": 24,
+            "eval_every": 40, "eval_batches": 4, "probes": 4, "lanczos_steps": 40,
+            "spectrum_batches": 1, "spectrum_batch_size": 8,
+        },
     },
-}
+}  # fmt: skip
 
-_MODES = ("pretrain", "qat")
+_MODES = ("pretrain", "qat", "study")
 
 # How many times this process built each artefact (tests check that a cache is reused).
 BUILDS = {"corpus": 0, "tokenizer": 0}
@@ -472,10 +491,12 @@ def training_defaults(preset: str, mode: str = "pretrain") -> dict[str, Any]:
 
     Args:
         preset: ``"tiny"`` or ``"small"``.
-        mode: ``"pretrain"`` (FP, from a fresh model) or ``"qat"``.
+        mode: ``"pretrain"`` (FP, from a fresh model), ``"qat"`` or ``"study"`` (the runs and
+            spectrum sizes of ``winq-reproduce``).
 
     Returns:
-        A new dict with ``steps, batch_size, seq_len, lr, warmup``.
+        A new dict with ``steps, batch_size, seq_len, lr, warmup`` (and, for ``"study"``, the
+        evaluation and spectrum sizes).
 
     Raises:
         ValueError: unknown preset or mode.
@@ -484,3 +505,12 @@ def training_defaults(preset: str, mode: str = "pretrain") -> dict[str, Any]:
     if mode not in _MODES:
         raise ValueError(f"unknown training mode {mode!r}; choose one of {', '.join(_MODES)}")
     return dict(TRAINING_DEFAULTS[preset][mode])
+
+
+def scaled_warmup(defaults: dict[str, Any], steps: int) -> int:
+    """The warm-up of a run of ``steps`` updates when only its length was given: the preset's
+    warm-up share of its default length (5%), at least 1 and below ``steps`` (0 for 1 step)."""
+    if steps <= 1:
+        return 0
+    share = defaults["warmup"] / defaults["steps"]
+    return min(steps - 1, max(1, math.floor(share * steps + 0.5)))

@@ -44,7 +44,7 @@ def compute(batches) -> dict:
 
     model = tiny_llama(layers=2, dtype=torch.float32)
     out = {}
-    for backend in ("double_backward", "func"):
+    for backend in ("double_backward", "func", "finite_difference"):
         op = HessianOperator(model, batches, backend=backend)
         out[f"{backend}/product"] = op @ probe_block(op.num_params)
     op = HessianOperator(model, batches)

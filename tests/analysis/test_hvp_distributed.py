@@ -1,4 +1,5 @@
-"""Data-parallel products: 2 gloo processes on CPU give the single-process result."""
+"""Data-parallel products: 2 gloo processes on CPU give the single-process result, with every
+backend (finite differences take the same step on every rank)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
                 assert got == expected, key
                 continue
             difference = float((got - expected).norm() / expected.norm())
-            assert difference <= 1e-5, (key, difference)
+            # finite differences divide the ranks' summation-order round-off by 2ε
+            tolerance = 1e-4 if key.startswith("finite_difference") else 1e-5
+            assert difference <= tolerance, (key, difference)
     # both ranks hold the same all-reduced result
     assert torch.equal(ranks[0]["double_backward/product"], ranks[1]["double_backward/product"])

@@ -54,3 +54,20 @@ def test_llama_top_eigenvalue_agrees_with_lanczos(exact_llama, llama_reference):
     assert result.eigenvalues[0] == pytest.approx(top, rel=1e-4)
     assert lanczos(op, steps=60).lambda_max == pytest.approx(eigenvalues[-1], rel=1e-6)
     assert isinstance(result.eigenvectors, torch.Tensor) and result.eigenvectors.shape == (3072, 1)
+
+
+def test_converged_means_the_residual_and_the_eigenvalue_are_within_tol():
+    # eigenvalues 1 and 0.89 on top of a bulk in [0, 0.5]: lambda creeps up by less than
+    # 1e-3 per step long before it is within 1e-3 of 1 (the rule on successive changes
+    # stopped here at 13 products, 3.2e-3 low, with a residual of 1.8% of lambda)
+    eigenvalues = np.concatenate([np.linspace(0, 0.5, 60), [0.89, 1.0]])
+    op = DenseOperator(matrix_with_spectrum(eigenvalues, seed=0))
+    tol = 1e-3
+    result = power_iteration(op, k=1, tol=tol, seed=0)
+    assert result.converged[0]
+    assert result.residuals[0] <= tol * abs(result.eigenvalues[0])
+    assert abs(result.eigenvalues[0] - 1.0) <= tol  # measured 7.6e-6 (about r^2 / gap)
+    vector = result.eigenvectors[:, 0].numpy()
+    assert np.linalg.norm(op.matrix.numpy() @ vector - result.eigenvalues[0] * vector) == (
+        pytest.approx(result.residuals[0], rel=1e-6)
+    )

@@ -139,3 +139,34 @@ def test_seed_reproduces_and_progress_bar_runs(prescribed, capsys):
         slq(op, steps=0)
     with pytest.raises(ValueError, match="distribution"):
         slq(op, distribution="uniform", progress=False)
+
+
+def test_lanczos_coefficients_contain_every_shorter_run(prescribed):
+    from winq.analysis.lanczos import tridiagonal_eigh
+
+    op = DenseOperator(prescribed[0])
+    long = slq(op, probes=3, steps=30, seed=2, progress=False)
+    short = slq(op, probes=3, steps=10, seed=2, progress=False)
+    assert long.lanczos_alpha.shape == long.lanczos_beta.shape == (3, 30)
+    assert long.lanczos_alpha.dtype == np.float64
+    # the first 10 steps of the 30-step recurrence are the 10-step recurrence, bit for bit
+    np.testing.assert_array_equal(long.lanczos_alpha[:, :10], short.lanczos_alpha)
+    np.testing.assert_array_equal(long.lanczos_beta[:, :10], short.lanczos_beta)
+    for p in range(3):
+        theta, vectors = tridiagonal_eigh(long.lanczos_alpha[p, :10], long.lanczos_beta[p, :10])
+        np.testing.assert_array_equal(theta, short.nodes[p])
+        np.testing.assert_allclose(vectors[0] ** 2, short.weights[p], rtol=1e-12)
+        theta, _ = tridiagonal_eigh(long.lanczos_alpha[p], long.lanczos_beta[p])
+        np.testing.assert_array_equal(theta, long.nodes[p])
+
+
+def test_lanczos_coefficients_are_nan_after_a_breakdown():
+    eigenvalues = np.array([-1.0] * 5 + [2.0] * 5)  # two distinct eigenvalues: 2 steps
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    spectrum = slq(DenseOperator((q * eigenvalues) @ q.T), probes=2, steps=6, progress=False)
+    assert spectrum.lanczos_alpha.shape == (2, 6)
+    assert np.isfinite(spectrum.lanczos_alpha[:, :2]).all()
+    assert np.isnan(spectrum.lanczos_alpha[:, 2:]).all()
+    assert np.isnan(spectrum.lanczos_beta[:, 2:]).all()
+    assert (np.abs(spectrum.lanczos_beta[:, 1]) < 1e-12).all()  # the breakdown's residual

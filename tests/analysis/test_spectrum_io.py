@@ -45,12 +45,16 @@ def test_round_trip_with_documented_columns(prescribed, tmp_path):
     folder = spectrum.save(tmp_path / "spec")
     assert sorted(p.name for p in folder.iterdir()) == [
         "density.parquet",
+        "lanczos.parquet",
         "ritz.parquet",
         "spectrum.json",
     ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     document = strict_json(folder / "spectrum.json")
-    assert document["format_version"] == 1 and document["kind"] == "winq-spectrum"
+    assert document["format_version"] == 2 and document["kind"] == "winq-spectrum"
+    lanczos = pd.read_parquet(folder / "lanczos.parquet")
+    assert list(lanczos.columns) == ["probe", "step", "alpha", "beta"]
+    assert len(lanczos) == 3 * 10 and sorted(lanczos["probe"].unique()) == [0, 1, 2]
     assert "blocks" not in document
     for key in (
         "num_params",

@@ -3,7 +3,7 @@
 Spectra by :meth:`winq.analysis.Spectrum.save` (``spectrum.json`` + ``ritz.parquet`` +
 ``density.parquet``); runs by the trainer's writers: ``config.json`` from
 :meth:`winq.train.config.TrainConfig.to_json` (written atomically, as the training loop does),
-``metrics.jsonl`` by :class:`winq.train.metrics.MetricsLog`, ``spectra/step_NNNNNN/`` by
+``metrics.jsonl`` by :class:`winq.runfiles.MetricsLog`, ``spectra/step_NNNNNN/`` by
 ``Spectrum.save``. Tests that need a hand-made ``config.json`` (empty, absent) still pass one.
 Summaries are computed from the Ritz nodes with the documented formulas so every number is
 self-consistent, and deliberately given awkward float values so that "copied exactly" is tested.
@@ -183,7 +183,7 @@ def write_run(
                 }
             )
             lines.append({"step": step, "guide": {"decision": "wait", "reason": "test"}})
-    from winq.train.metrics import MetricsLog  # the trainer's own writer
+    from winq.runfiles import MetricsLog  # the trainer's own writer
 
     log = MetricsLog(folder / "metrics.jsonl")
     for line in lines:

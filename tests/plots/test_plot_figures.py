@@ -87,7 +87,7 @@ def test_spectrum_over_training_marks_resets(inputs, tmp_path, check_image):
 def test_alpha_sweep_with_error_bars(inputs, tmp_path, check_image):
     fig = plot_alpha_sweep(inputs.spectra, eps=1.5e-3)
     ax = fig.axes[0]
-    assert "s.d. over 6 probes" in ax.get_legend().get_title().get_text()
+    assert "95% interval over 6 probes" in ax.get_legend().get_title().get_text()
     assert ax.containers and ax.containers[0].has_yerr
     _save_and_check(fig, tmp_path, "alpha", check_image)
 
@@ -97,10 +97,10 @@ def test_alpha_sweep_broadened_mass(inputs, tmp_path, check_image):
     ax = fig.axes[0]
     assert "σ = 0.005" in ax.get_ylabel()
     sweep = sorted((s for s in inputs.spectra if s.alpha is not None), key=lambda s: s.alpha)
-    expected = [s.near_zero_mass(1.5e-3, 5e-3)[0] for s in sweep]
-    drawn = np.asarray(ax.containers[0].lines[0].get_ydata(), dtype=float)
+    expected = [s.mass("near_zero", 1.5e-3, 5e-3)[0].value for s in sweep]
+    drawn = np.asarray(ax.get_lines()[0].get_ydata(), dtype=float)
     np.testing.assert_allclose(drawn, expected, rtol=1e-12)
-    assert not np.allclose(drawn, [s.near_zero_mass(1.5e-3)[0] for s in sweep])
+    assert not np.allclose(drawn, [s.mass("near_zero", 1.5e-3)[0].value for s in sweep])
     _save_and_check(fig, tmp_path, "alpha_broadened", check_image)
 
 

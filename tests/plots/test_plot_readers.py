@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from plot_fixtures import (
     BASELINE_EVAL,
     EVAL_STEPS,
@@ -18,6 +19,7 @@ from plot_fixtures import (
     write_spectrum,
 )
 
+from winq import quadrature
 from winq.plots import PlotInputError, load_inputs, read_metrics, read_run, read_spectrum
 from winq.plots.readers import find_inputs
 
@@ -152,17 +154,53 @@ def test_saved_density_is_used_and_rebroadened_on_request(tmp_path):
     assert mass.min() >= 0
 
 
-def test_near_zero_mass_saved_or_recomputed_from_ritz(tmp_path):
+def test_masses_saved_or_recomputed_from_ritz(tmp_path):
+    """At the saved threshold the recomputed masses are the saved ones, intervals included;
+    at another ε they are counted from the Ritz nodes, with a Student-t interval over probes
+    computed here from the per-probe counts."""
     document = write_spectrum(tmp_path / "s", bits=2, step=5, seed=4)
+    summary = document["summary"]
     spectrum = read_spectrum(tmp_path / "s")
-    assert spectrum.near_zero_mass() == (document["summary"]["near_zero_mass"], SAVED_EPS)
-    assert spectrum.near_zero_mass(SAVED_EPS)[0] == document["summary"]["near_zero_mass"]
+    for kind in ("negative", "near_zero", "positive", "sign_negative"):
+        estimate, threshold = spectrum.mass(kind)
+        assert threshold == pytest.approx(summary["near_zero_threshold"], rel=1e-15)
+        assert estimate.value == pytest.approx(summary[f"{kind}_mass"], abs=1e-15)
+        assert list(estimate.ci) == pytest.approx(summary[f"{kind}_mass_ci"], abs=1e-15)
+        assert estimate.resolved == summary[f"{kind}_mass_resolved"]
     nodes, weights = ritz_nodes(4, 8.0, 0.3)
-    expected = np.mean([w[np.abs(t) < 0.05].sum() for t, w in zip(nodes, weights)])
-    value, eps = spectrum.near_zero_mass(0.05)
-    assert eps == 0.05 and value == pytest.approx(expected, abs=1e-15)
-    per_probe = spectrum.per_probe_mass("near_zero", 0.05)
-    assert per_probe.shape == (nodes.shape[0],)
+    per_probe = np.array([w[np.abs(t) <= 0.05].sum() for t, w in zip(nodes, weights)])
+    estimate, eps = spectrum.mass("near_zero", 0.05)
+    assert eps == 0.05 and estimate.value == pytest.approx(per_probe.mean(), abs=1e-15)
+    half = (
+        scipy.stats.t.ppf(0.975, len(per_probe) - 1)
+        * per_probe.std(ddof=1)
+        / np.sqrt(len(per_probe))
+    )
+    assert estimate.ci[1] == pytest.approx(min(1.0, per_probe.mean() + half), rel=1e-12)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        spectrum.mass("tiny")
+    with pytest.raises(ValueError, match="sigma applies to the near_zero mass"):
+        spectrum.mass("negative", sigma=0.1)
+
+
+def test_masses_of_a_format_1_spectrum_read_as_unknown_intervals(tmp_path):
+    """A spectrum.json written before intervals existed (format 1, summary only) still
+    loads; its θ < 0 weight is read as sign_negative_mass, never as the λ < −ε mass, and
+    its intervals are unknown."""
+    document = write_spectrum(
+        tmp_path / "old", bits=2, step=5, write_ritz=False, write_density=False
+    )
+    (tmp_path / "old" / "lanczos.parquet").unlink(missing_ok=True)
+    old = {"format_version": 1, "kind": document["kind"], "metadata": document["metadata"],
+           "summary": {"lambda_max": 8.0, "near_zero_mass": 0.25, "near_zero_eps": SAVED_EPS,
+                       "negative_mass": 0.4}}  # fmt: skip
+    (tmp_path / "old" / "spectrum.json").write_text(json.dumps(old))
+    spectrum = read_spectrum(tmp_path / "old")
+    sign, _ = spectrum.mass("sign_negative")
+    assert sign.value == 0.4 and np.isnan(sign.ci).all() and sign.resolved is None
+    assert np.isnan(spectrum.mass("negative")[0].value)
+    near, _ = spectrum.mass("near_zero")
+    assert near.value == 0.25 and np.isnan(near.ci).all()
 
 
 def test_broadened_near_zero_mass_is_the_density_integral(tmp_path):
@@ -172,17 +210,24 @@ def test_broadened_near_zero_mass_is_the_density_integral(tmp_path):
     # the Gaussian-broadened density integrated over |λ| < ε on a fine grid (trapezoid)
     grid = np.linspace(-eps, eps, 40001)
     _, density = spectrum.density(grid=grid, sigma=sigma)
-    value, used = spectrum.near_zero_mass(eps, sigma)
-    assert used == eps and value == pytest.approx(np.trapezoid(density, grid), rel=1e-7)
-    per_probe = spectrum.per_probe_mass("near_zero", eps, sigma)
-    assert per_probe.mean() == pytest.approx(value, rel=1e-12)
+    estimate, used = spectrum.mass("near_zero", eps, sigma)
+    assert used == eps and estimate.value == pytest.approx(np.trapezoid(density, grid), rel=1e-7)
+    # the probe-to-probe spread the density panels draw averages to the pooled density
+    fine = np.linspace(-eps, eps, 4001)
+    probes = spectrum.per_probe_density(fine, sigma)
+    nodes, weights, mask = spectrum.rules()
+    assert probes.shape == (nodes.shape[0], fine.size)
+    pooled = quadrature.mass_per_bin(nodes, weights, mask, grid=fine, sigma=sigma)[1]
+    np.testing.assert_allclose(probes.mean(axis=0), pooled, rtol=1e-10, atol=1e-15)
     # a vanishing kernel counts the nodes inside ε again; a wide one spreads mass outside
-    assert spectrum.near_zero_mass(eps, 1e-12)[0] == pytest.approx(
-        spectrum.near_zero_mass(eps)[0], abs=1e-12
+    assert spectrum.mass("near_zero", eps, 1e-12)[0].value == pytest.approx(
+        spectrum.mass("near_zero", eps)[0].value, abs=1e-12
     )
-    assert spectrum.near_zero_mass(eps, 100.0)[0] < 0.01
+    assert spectrum.mass("near_zero", eps, 100.0)[0].value < 0.01
     write_spectrum(tmp_path / "bare", bits=2, step=5, write_ritz=False, write_density=False)
-    assert read_spectrum(tmp_path / "bare").near_zero_mass(eps, sigma) == (None, eps)
+    (tmp_path / "bare" / "lanczos.parquet").unlink(missing_ok=True)
+    bare, used = read_spectrum(tmp_path / "bare").mass("near_zero", eps, sigma)
+    assert used == eps and np.isnan(bare.value)
 
 
 def test_summary_only_spectrum_and_per_layer_ritz(tmp_path):
@@ -191,7 +236,13 @@ def test_summary_only_spectrum_and_per_layer_ritz(tmp_path):
     )
     bare = read_spectrum(tmp_path / "bare")
     assert bare.bits == 1.58 and bare.density() is None and bare.mass_per_bin() is None
-    assert bare.near_zero_mass(0.5) == (document["summary"]["near_zero_mass"], SAVED_EPS)
+    (tmp_path / "bare" / "lanczos.parquet").unlink(missing_ok=True)
+    bare = read_spectrum(tmp_path / "bare")
+    estimate, threshold = bare.mass("near_zero")
+    assert threshold == document["summary"]["near_zero_threshold"]
+    assert estimate.value == document["summary"]["near_zero_mass"]
+    assert list(estimate.ci) == document["summary"]["near_zero_mass_ci"]
+    assert np.isnan(bare.mass("near_zero", 0.5)[0].value)  # another ε needs the Ritz nodes
 
     write_spectrum(tmp_path / "layers", bits=2, step=5, per_layer=True, seed=2)
     layers = read_spectrum(tmp_path / "layers")

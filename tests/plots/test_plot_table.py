@@ -77,11 +77,23 @@ def test_run_rows_equal_the_metrics(study, tables):
     assert rows["2-bit baseline"]["speedup"] == "" and rows["2-bit baseline"]["baseline"] == ""
 
 
-def test_markdown_holds_the_same_numbers(inputs, tables):
+def test_csv_masses_carry_intervals_and_markdown_rounds_to_them(tables):
+    rows = _read_csv(tables / "summary_spectra.csv")
     markdown = (tables / "summary.md").read_text()
     assert "## Spectra" in markdown and "## Runs" in markdown
-    for spectrum in inputs.spectra:
-        assert repr(spectrum.summary["lambda_max"]) in markdown
-        assert repr(spectrum.summary["near_zero_mass"]) in markdown
+    lines = {line.split(" | ")[0][2:]: line for line in markdown.splitlines()
+             if line.startswith("| ")}  # fmt: skip
+    for row in rows:
+        for key in ("near_zero_mass", "negative_mass"):
+            value, low, high = (_number(row[f"{key}{s}"]) for s in ("", "_low", "_high"))
+            assert row[f"{key}_resolved"] in ("True", "False", "")
+            if low is not None:
+                assert 0.0 <= low <= value <= high <= 1.0, (row["path"], key)
+        line = lines[row["path"]]
+        lambda_max = _number(row["lambda_max"])
+        assert f"{lambda_max:.4g} [" in line  # λmax with its range over probes
+        near, low, high = (_number(row[f"near_zero_mass{s}"]) for s in ("", "_low", "_high"))
+        if low is not None and high > low:
+            assert " ± " in line and repr(near) not in line  # rounded, never 16 digits
     rows = [line for line in markdown.splitlines() if line.startswith("| runs/qat-2bit-fixed |")]
     assert len(rows) == 1 and "| 400 | 2.5 |" in rows[0]

@@ -58,10 +58,13 @@ def env(**extra: str) -> dict[str, str]:
     return environ
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, **extra_env: str):
-    """``winq-train ARGS`` in a subprocess (``python -m winq.train.cli``)."""
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, faults: str | None = None,
+            **extra_env: str):  # fmt: skip
+    """``winq-train ARGS`` in a subprocess (``python -m winq.train.cli``); with ``faults``, the
+    fault hook of that spec installed (:mod:`faulty_train`)."""
+    module = ["winq.train.cli"] if faults is None else ["faulty_train", faults]
     return subprocess.run(
-        [sys.executable, "-m", "winq.train.cli", *args],
+        [sys.executable, "-m", *module, *args],
         cwd=cwd,
         env=env(**extra_env),
         capture_output=True,

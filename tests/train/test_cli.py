@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import MINI, MINI_FLAGS, comparable, read_metrics, run_cli
@@ -103,6 +104,25 @@ def bad_inputs(fp, q4, work):
         ("out under a file", [*init, "--out", str(work / "a_file" / "run")], "is a file"),
         ("resume corrupt metrics", ["--resume", str(work / "bad_metrics")], "metrics.jsonl"),
         ("resume corrupt state", ["--resume", str(work / "bad_state")], "trainer_state.pt"),
+        ("reset mode unknown", ["--winq-reset-mode", "half"], "choose from 'full', 'clipped'"),
+        ("reset mode on FP", ["--bits", "16", "--winq-reset-mode", "dither"], "needs QAT"),
+        ("guide rule unknown", ["--guide", "--guide-rule", "hessian"], "choose from 'latent'"),
+        ("flip budget negative", ["--guide", "--guide-flip-budget", "-1"], "must be >= 0"),
+        ("flip budget not a number", ["--guide-flip-budget", "lots"], "expected float"),
+        ("guide probes zero", ["--guide", "--guide-probes", "0"], "positive integer"),
+        (
+            "eval task unknown",
+            [
+                *init,
+                *MINI_FLAGS,
+                "--out",
+                str(work / "evalrun"),
+                "--eval-tasks",
+                "no_such_task_xyz",
+            ],
+            "no_such_task_xyz",
+        ),
+        ("eval tasks without out", [*init, "--eval-tasks", "shakespeare"], "needs --out"),
     ]
 
 
@@ -111,9 +131,10 @@ def test_bad_inputs_one_line_exit_2_nothing_created(fp_checkpoint, quantized_che
     work.mkdir()
     cases = bad_inputs(fp_checkpoint, quantized_checkpoint, work)
     before = snapshot(work)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each case is a subprocess of its own
+        results = list(pool.map(lambda case: run_cli(case[1], cwd=work), cases))
     failures = []
-    for name, args, expected in cases:
-        result = run_cli(args, cwd=work)
+    for (name, _, expected), result in zip(cases, results):
         lines = result.stderr.strip().splitlines()
         ok = (
             result.returncode == 2
@@ -121,12 +142,12 @@ def test_bad_inputs_one_line_exit_2_nothing_created(fp_checkpoint, quantized_che
             and lines[0].startswith("winq-train: error:")
             and expected in lines[0]
             and "Traceback" not in result.stderr
-            and snapshot(work) == before
         )
         if not ok:
             failures.append(f"{name}: rc={result.returncode} stderr={result.stderr!r}")
     assert not failures, "\n".join(failures)
-    assert len(cases) >= 42
+    assert snapshot(work) == before, "a bad input changed files"
+    assert len(cases) >= 50
 
 
 def test_cli_run_resume_conflicts_and_lock(fp_checkpoint, tmp_path):
@@ -135,7 +156,7 @@ def test_cli_run_resume_conflicts_and_lock(fp_checkpoint, tmp_path):
     whole = run_cli([*args, "--out", str(tmp_path / "whole")], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     assert "held-out loss" in whole.stderr.splitlines()[-1]
-    cut = run_cli([*args, "--out", str(run)], cwd=tmp_path, WINQ_TRAIN_FAULT="9")
+    cut = run_cli([*args, "--out", str(run)], cwd=tmp_path, faults="9")
     assert cut.returncode == 1 and "Traceback" not in cut.stderr
     assert len(cut.stderr.strip().splitlines()) == 1 and "non-finite" in cut.stderr
     # flags that contradict the run's config.json are refused; agreeing ones are fine
@@ -147,3 +168,19 @@ def test_cli_run_resume_conflicts_and_lock(fp_checkpoint, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert comparable(read_metrics(run)) == comparable(read_metrics(tmp_path / "whole"))
     assert json.loads((run / "config.json").read_text())["steps"] == 12
+
+
+def test_eval_tasks_score_the_final_checkpoint(fp_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    args = ["--init", str(fp_checkpoint), "--bits", "2", *MINI_FLAGS, "--out", str(run),
+            "--eval-tasks", "shakespeare_nextline", "--eval-limit", "24"]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((run / "eval" / "results.json").read_text())
+    final = (run / "checkpoints" / "final").read_text().strip()
+    assert saved["metadata"]["checkpoint"].endswith(final)
+    scores = {m["metric"]: m for t in saved["tasks"] for m in t["metrics"]}
+    accuracy = scores["acc"]
+    assert 0.0 <= accuracy["low"] <= accuracy["value"] <= accuracy["high"] <= 1.0
+    assert accuracy["n"] == 24
+    assert "shakespeare_nextline" in result.stderr  # the table is printed

@@ -55,8 +55,15 @@ def test_two_gloo_processes_match_one(fp_checkpoint, tmp_path):
             if key in x:
                 assert y[key] == pytest.approx(x[key], rel=rtol, abs=0), (key, x, y)
                 compared += 1
-        if "reset" in x:
-            assert x["reset"] == y["reset"]
+        if "reset" in x:  # the same reset; the latent grid around it agrees to the last bits
+            # of the weights (measured: one level flip in 400k latents, 1e-9 in dispersion)
+            grid = ("before", "after")
+            assert {k: v for k, v in x["reset"].items() if k not in grid} == {
+                k: v for k, v in y["reset"].items() if k not in grid}  # fmt: skip
+            for when in grid:
+                assert x["reset"][when].keys() == y["reset"][when].keys()
+                for key, value in x["reset"][when].items():
+                    assert y["reset"][when][key] == pytest.approx(value, rel=1e-4, abs=1e-5)
         if "diagnostics" in x:  # the probe batch split over ranks, products all-reduced;
             # 6 Lanczos steps amplify last-bit differences of the weights (measured: 1.5e-3)
             for key in ("lambda_max", "clipped_fraction"):

@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
+from faulty_train import install as install_faults
 from helpers import MINI, comparable, read_metrics
 
 import winq
 from winq.cli import RuntimeFailure, UsageError
 from winq.train import inputs
 from winq.train.config import TrainConfig
-from winq.train.loop import Counters, _apply_reset, evaluate, train
+from winq.train.loop import Counters, Parts, apply_reset, evaluate, train
 from winq.train.state import last_checkpoint, load_trainer_state
 
 
@@ -76,7 +77,10 @@ def test_resets_exactly_at_schedule_and_loss_unchanged(fp_checkpoint, tmp_path):
     fixed = read_metrics(train(config(fp_checkpoint, tmp_path / "f", winq_resets=3, **common)).out)
     resets = [r for r in fixed if "reset" in r]
     assert [r["step"] for r in resets] == [3, 6, 9]
-    assert all(r["reset"] == {"alpha": 0.2, "reason": "schedule", "layers": 14} for r in resets)
+    for r in resets:
+        reset = r["reset"]
+        assert (reset["alpha"], reset["mode"], reset["reason"]) == (0.2, "full", "schedule")
+        assert (reset["layers"], reset["weights"], reset["guarded"]) == (14, 393216, 0)
     base_eval, fixed_eval = eval_losses(base), eval_losses(fixed)
     # identical trajectories up to the first reset, and the reset itself changes nothing the
     # quantized model computes: the held-out loss at step 3 (after the reset) is the baseline's
@@ -95,24 +99,24 @@ def test_reset_leaves_held_out_loss_bit_identical(fp_checkpoint):
         for _, layer in winq.quant_layers(model):
             layer.weight.add_(0.3 * layer.scale * torch.randn_like(layer.weight))
     optimizer = torch.optim.AdamW(model.parameters())
-    counters = Counters()
+    parts = Parts(model, model, tokenizer, data, optimizer, None, None, Counters())
     before = evaluate(model, data.eval_batches, torch.device("cpu"), "fp32")
     clipped = winq.clipped_fraction(model)
     for alpha in (0.0, 0.2, 0.7):
-        _apply_reset(model, optimizer, cfg, 1, alpha, counters)
+        apply_reset(parts, cfg, 1, alpha)
         assert evaluate(model, data.eval_batches, torch.device("cpu"), "fp32") == before
     assert winq.clipped_fraction(model) < clipped
 
 
 def test_resume_is_bit_identical(fp_checkpoint, tmp_path, monkeypatch):
     """Interrupted (a fault at update 8, checkpoint at 5) and resumed == uninterrupted."""
-    kwargs = {"save_every": 5, "guide": True, "winq_resets": None, "winq_alpha": "auto",
-              "guide_every": 2, "guide_steps": 6}  # fmt: skip
+    kwargs = {"save_every": 5, "guide": True, "guide_rule": "spectrum", "winq_resets": None,
+              "winq_alpha": "auto", "guide_every": 2, "guide_steps": 6}  # fmt: skip
     whole = train(config(fp_checkpoint, tmp_path / "whole", **kwargs)).out
-    monkeypatch.setenv("WINQ_TRAIN_FAULT", "7")
+    install_faults(monkeypatch, "7")
     with pytest.raises(RuntimeFailure, match="non-finite"):
         train(config(fp_checkpoint, tmp_path / "cut", **kwargs))
-    monkeypatch.delenv("WINQ_TRAIN_FAULT")
+    install_faults(monkeypatch, None)
     cut = tmp_path / "cut"
     assert last_checkpoint(cut)[0] == 5
     assert max(r["step"] for r in read_metrics(cut)) == 7  # records past the checkpoint...
@@ -129,6 +133,7 @@ def test_guided_mode_logs_every_measurement_and_decision(fp_checkpoint, tmp_path
             fp_checkpoint,
             tmp_path / "g",
             guide=True,
+            guide_rule="spectrum",
             winq_alpha="auto",
             guide_every=2,
             guide_steps=6,
@@ -140,7 +145,8 @@ def test_guided_mode_logs_every_measurement_and_decision(fp_checkpoint, tmp_path
     records = read_metrics(run)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["winq"]["mode"] == "guided" and cfg["winq"]["guide"]["every"] == 2
-    assert cfg["winq"]["alpha"] == "auto"
+    assert cfg["winq"]["alpha"] == "auto" and cfg["winq"]["guide"]["rule"] == "spectrum"
+    assert cfg["winq"]["reset_mode"] == "full"  # the spectrum rule's resets: the paper's
     diagnostics = [r for r in records if "diagnostics" in r]
     guides = [r for r in records if "guide" in r]
     resets = [r for r in records if "reset" in r]
@@ -167,7 +173,7 @@ def test_guided_mode_logs_every_measurement_and_decision(fp_checkpoint, tmp_path
 
 
 def test_nonfinite_stops_and_keeps_last_good_checkpoint(fp_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("WINQ_TRAIN_FAULT", "6")
+    install_faults(monkeypatch, "6")
     with pytest.raises(RuntimeFailure, match=r"non-finite loss .* update 7.*step_000006"):
         train(config(fp_checkpoint, tmp_path / "r", save_every=3))
     run = tmp_path / "r"
@@ -180,7 +186,7 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(fp_checkpoint, tmp_path,
 
 
 def test_skip_nonfinite_skips_and_logs(fp_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("WINQ_TRAIN_FAULT", "2,5")
+    install_faults(monkeypatch, "2,5")
     result = train(config(fp_checkpoint, tmp_path / "r", skip_nonfinite=True))
     records = read_metrics(result.out)
     skipped = [r for r in records if "skipped" in r]

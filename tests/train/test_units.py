@@ -9,23 +9,81 @@ import math
 import pytest
 import torch
 
+from winq.runfiles import (
+    MetricsLog,
+    last_checkpoint,
+    prune_checkpoints,
+    read_records,
+    set_final,
+    truncate_after,
+)
+from winq.train.config import TrainConfig
 from winq.train.controller import (
     Controller,
     GuideRule,
     choose_alpha,
     decide,
+    decide_latent,
+    remaining_flips,
+    respread_need,
     spectral_summary,
     trial_reset,
 )
-from winq.train.metrics import MetricsLog, read_records, truncate_after
 from winq.train.schedule import CosineSchedule, fixed_reset_steps, lr_at
-from winq.train.state import (
-    get_rng_state,
-    last_checkpoint,
-    prune_checkpoints,
-    set_final,
-    set_rng_state,
+from winq.train.state import get_rng_state, set_rng_state
+
+# -- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bits", "steps", "warmup"),
+    [(16, 30, 2), (2, 30, 2), (16, None, 30), (2, None, 15), (2, 1, 0), (2, 2, 1), (16, 100, 5)],
 )
+def test_an_implicit_warmup_follows_an_explicit_run_length(bits, steps, warmup):
+    """`winq-train --steps 30` on a preset: the preset's 5% warm-up, not its fixed count (30
+    for tiny pre-training, which used to be refused as "--warmup 30 must be smaller")."""
+    config = TrainConfig(preset="tiny", bits=bits, steps=steps).resolve()
+    assert config.warmup == warmup
+
+
+def test_an_explicit_warmup_is_checked_not_adapted():
+    with pytest.raises(ValueError, match="--warmup 30 must be smaller than --steps 30"):
+        TrainConfig(preset="tiny", bits=16, steps=30, warmup=30).resolve()
+    assert TrainConfig(preset="tiny", bits=16, steps=30, warmup=7).resolve().warmup == 7
+
+
+def test_reset_mode_defaults_and_the_modes_of_winq_nn():
+    import winq.nn
+    from winq.train.config import RESET_MODES
+
+    assert RESET_MODES == winq.nn.RESET_MODES  # the trainer's copy (no torch import there)
+    assert TrainConfig(bits=2).resolve().reset_mode == "full"  # the paper's fixed schedule
+    assert TrainConfig(bits=2, guide=True).resolve().reset_mode == "clipped"
+    spectrum = TrainConfig(bits=2, guide=True, guide_rule="spectrum").resolve()
+    assert spectrum.reset_mode == "full" and spectrum.guide_max_period == 150
+    latent = TrainConfig(bits=2, guide=True, winq_alpha="auto", reset_mode="dither").resolve()
+    assert latent.reset_mode == "dither" and latent.guide_every == 15
+    assert latent.guide_max_period == 0  # the latent rule never forces a reset
+    for bad, message in (
+        ({"reset_mode": "half"}, "--winq-reset-mode must be one of full, clipped, dither"),
+        ({"guide_rule": "hessian"}, "--guide-rule must be one of latent, spectrum"),
+        ({"guide_flip_budget": -1.0}, "--guide-flip-budget"),
+        ({"guide_probes": 0}, "--guide-probes"),
+        ({"bits": 16, "reset_mode": "clipped"}, "needs QAT"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad).check_flags()
+
+
+def test_a_config_json_from_before_the_reset_modes_still_resumes():
+    """Fields added later take the value that reproduces what such a run did: full resets
+    and the spectrum rule."""
+    data = TrainConfig(bits=2, guide=True, guide_rule="spectrum").resolve().to_json()
+    for name in ("reset_mode", "guide_rule", "guide_flip_budget", "guide_probes"):
+        del data[name]
+    old = TrainConfig.from_json(data)
+    assert (old.reset_mode, old.guide_rule, old.guide_flip_budget) == ("full", "spectrum", None)
+
 
 # -- schedules -------------------------------------------------------------------------------
 
@@ -72,10 +130,11 @@ def test_fixed_reset_steps_period_and_errors():
 # -- the controller's rule -------------------------------------------------------------------
 
 
-def diag(clipped=0.0, near=0.5, abs_max=10.0):
+def diag(clipped=0.0, near=0.5, abs_max=10.0, half_width=0.01):
     return {
         "clipped_fraction": clipped,
         "near_zero_mass": near,
+        "near_zero_mass_ci": None if half_width is None else [near - half_width, near + half_width],
         "abs_lambda_max": abs_max,
         "lambda_max": abs_max,
         "lambda_min": -abs_max / 10,
@@ -83,7 +142,9 @@ def diag(clipped=0.0, near=0.5, abs_max=10.0):
     }
 
 
-RULE = GuideRule(min_period=100, max_period=500, clip_growth=0.02, flat_growth=0.05, shrink=1.5)
+RULE = GuideRule(
+    kind="spectrum", min_period=100, max_period=500, clip_growth=0.02, flat_growth=0.05, shrink=1.5
+)
 
 
 def run_decide(now, ref, since=200, lr=1.0, after_warmup=True, rule=RULE):
@@ -111,6 +172,28 @@ def test_decide_resets_on_each_trigger(now, trigger):
     assert len(d.triggers) == 1 and d.triggers[0].startswith(trigger)
 
 
+def test_near_zero_mass_trigger_needs_disjoint_intervals():
+    """A mass rise beyond flat_growth fires only when the 95% intervals over probes do not
+    overlap; one probe gives no interval, so it never fires."""
+    assert run_decide(diag(near=0.56, half_width=0.02), diag(half_width=0.02)).decision == "reset"
+    # the same rise, but intervals of half-width 0.04 overlap (0.52..0.60 vs 0.46..0.54)
+    assert run_decide(diag(near=0.56, half_width=0.04), diag(half_width=0.04)).decision == "wait"
+    assert run_decide(diag(near=0.9, half_width=None), diag(half_width=None)).decision == "wait"
+    assert run_decide(diag(near=0.9, half_width=0.01), diag(half_width=None)).decision == "wait"
+
+
+def test_spectral_summary_interval_over_probes():
+    # two probes: near-zero masses 0.50 and 0.52 (|theta| < 1e-3 * 10); t(0.975, 1) = 12.7062
+    nodes = torch.tensor([[0.0, 1.0, 10.0], [0.0, 1.0, 10.0]], dtype=torch.float64)
+    weights = torch.tensor([[0.5, 0.3, 0.2], [0.52, 0.28, 0.2]], dtype=torch.float64)
+    s = spectral_summary(nodes, weights, eps=1e-3)
+    assert s["near_zero_mass"] == pytest.approx(0.51)
+    half = 12.7062047362 * 0.01  # standard error: s.d. 0.02/sqrt(2) over sqrt(2) probes = 0.01
+    assert s["near_zero_mass_ci"] == pytest.approx([0.51 - half, 0.51 + half], rel=1e-9)
+    one = spectral_summary(nodes[:1], weights[:1], eps=1e-3)
+    assert one["near_zero_mass_ci"] is None
+
+
 def test_decide_respects_min_and_max_period():
     assert run_decide(diag(clipped=0.5), diag(), since=99).decision == "wait"
     assert run_decide(diag(clipped=0.5), diag(), since=100).decision == "reset"
@@ -129,10 +212,107 @@ def test_decide_refuses_late_in_the_schedule_but_not_in_warmup():
 
 
 def test_decide_switched_off_triggers_and_nonfinite_values():
-    rule = GuideRule(min_period=0, clip_growth=None, flat_growth=None, shrink=None)
+    rule = GuideRule(kind="spectrum", min_period=0, clip_growth=None, flat_growth=None, shrink=None)
     assert run_decide(diag(0.9, 0.9, 0.1), diag(), rule=rule).decision == "wait"
     now = diag(near=float("nan"), abs_max=float("inf"))
     assert run_decide(now, diag()).decision == "wait"
+
+
+# -- the latent rule ----------------------------------------------------------------------------
+
+LATENT = GuideRule(min_period=40, clip_growth=0.01, lr_floor=0.25, flip_budget=1.0)
+
+
+def reading(clipped, flips=0.05, remaining=10.0, dispersion=0.45, collapse=0.36):
+    return {"clipped_fraction": clipped, "grid_dispersion": dispersion, "flip_fraction": flips,
+            "remaining_flips": remaining, "collapse": collapse}  # fmt: skip
+
+
+def replay(readings, rule=LATENT, every=20, warmup=10, lr=lambda step: 1.0):
+    """The latent rule over a sequence of readings taken every ``every`` steps, as the
+    controller applies it: the reference is the first reading, then the reading just after
+    each reset (a clipped reset leaves nothing clipped); the first refusal stops it.
+
+    Returns:
+        ``[(step, decision), ...]``.
+    """
+    reference, last_reset, out = readings[0], 0, []
+    for index, now in enumerate(readings[1:], start=1):
+        step = index * every
+        decision = decide_latent(now, reference, steps_since_reset=step - last_reset,
+                                 lr_fraction=lr(step), after_warmup=step >= warmup, rule=rule)  # fmt: skip
+        out.append((step, decision.decision))
+        if decision.decision == "reset":
+            reference, last_reset = {**now, "clipped_fraction": 0.0}, step
+        if decision.decision == "refuse":
+            break
+    return out
+
+
+def test_latent_rule_never_resets_without_growing_saturation():
+    """Clipping that stays within clip_growth of its start never triggers: no reset at all,
+    however freely the latents still flip."""
+    seq = [reading(0.030 + 0.0006 * i, flips=0.2, remaining=50.0) for i in range(15)]
+    assert {d for _, d in replay(seq)} == {"wait"}
+
+
+def test_latent_rule_resets_when_clipping_grows_then_again_from_the_new_reference():
+    # clipped fraction 0.02 at the start, +0.004 per reading (every 20 steps)
+    seq = [reading(0.020 + 0.004 * i) for i in range(12)]
+    decisions = dict(replay(seq))
+    # +0.012 at step 60 (>= 0.01 and >= min period 40): reset; the reference is then 0, so
+    # 0.048 at step 140 is again a rise of >= 0.01, but steps 80..100 are within the period
+    assert [s for s, d in decisions.items() if d == "reset"] == [60, 100, 140, 180, 220]
+    assert decisions[20] == decisions[40] == decisions[80] == "wait"
+
+
+def test_latent_rule_refuses_when_the_latents_can_no_longer_travel():
+    """Saturation grows; the planned reset lowers the dispersion by 0.36 (a full reset at
+    alpha 0.2 of latents at D = 0.45), taking back 0.18 cell widths of travel; the rest of the
+    run is predicted to flip each latent 0.15 times, below budget 1 x 0.18: the first due reset
+    is refused and nothing more happens."""
+    seq = [reading(0.02 + 0.01 * i, remaining=0.15) for i in range(8)]
+    assert replay(seq) == [(20, "wait"), (40, "refuse")]
+    # 0.2 flips remaining > 0.18 needed: reset; with budget 2 (0.36 needed) refused
+    enough = [reading(0.02 + 0.01 * i, remaining=0.2) for i in range(3)]
+    assert replay(enough) == [(20, "wait"), (40, "reset")]
+    strict = GuideRule(min_period=40, flip_budget=2.0)
+    assert replay(enough, rule=strict) == [(20, "wait"), (40, "refuse")]
+    # a reset that collapses nothing (clipped mode) or switched-off budget: never refused for it
+    clipped = [reading(0.02 + 0.01 * i, remaining=0.01, collapse=-0.002) for i in range(3)]
+    assert replay(clipped) == [(20, "wait"), (40, "reset")]
+    assert (40, "reset") in replay(seq, rule=GuideRule(min_period=40, flip_budget=None))
+    # an unknown prediction (no flips measured yet) does not refuse
+    unknown = [reading(0.02 + 0.01 * i, remaining=None) for i in range(3)]
+    assert replay(unknown) == [(20, "wait"), (40, "reset")]
+    assert respread_need(0.36) == pytest.approx(0.18) and respread_need(-0.01) is None
+
+
+def test_latent_rule_refuses_late_in_the_schedule_but_not_in_warmup():
+    seq = [reading(0.02 + 0.01 * i) for i in range(4)]
+    assert replay(seq, lr=lambda step: 0.2) == [(20, "wait"), (40, "refuse")]
+    assert replay(seq, lr=lambda step: 0.2, warmup=100)[1] == (40, "reset")
+
+
+def test_latent_rule_max_period_forces_a_reset():
+    rule = GuideRule(min_period=40, max_period=80, clip_growth=None, flip_budget=1.0)
+    seq = [reading(0.02) for _ in range(6)]
+    assert replay(seq, rule=rule) == [(20, "wait"), (40, "wait"), (60, "wait"), (80, "reset"),
+                                      (100, "wait")]  # fmt: skip
+
+
+def test_remaining_flips_and_the_learning_rate_budget():
+    # cosine over T = 4 from peak 1, no warm-up: 1, (1 + cos(pi/4))/2, 1/2, (1 - cos(pi/4))/2
+    schedule = CosineSchedule(1.0, 4, 0)
+    assert schedule.budget(0, 4) == pytest.approx(2.5, abs=1e-15)
+    assert schedule.budget(2, 4) == pytest.approx(0.5 + (1 - math.sqrt(0.5)) / 2)
+    assert schedule.budget(3, 99) == pytest.approx((1 - math.sqrt(0.5)) / 2)  # clipped to T
+    assert schedule.budget(4, 8) == 0.0
+    # flips keep pace with the learning rate: 5% of latents flipped while 10 lr-units were
+    # spent, 60 remain -> 0.3 flips per latent to come
+    assert remaining_flips(0.05, spent=10.0, remaining=60.0) == pytest.approx(0.3)
+    assert remaining_flips(None, 10.0, 60.0) is None
+    assert remaining_flips(0.05, 0.0, 60.0) is None
 
 
 def test_choose_alpha_gentlest_reaching_most_of_the_gain():
@@ -191,7 +371,7 @@ def test_trial_reset_restores_exactly():
 
     model = quantized_tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    noise = [layer._frozen_noise for _, layer in winq.quant_layers(model)]
+    noise = [layer._frozen_noise.clone() for _, layer in winq.quant_layers(model)]
     with trial_reset(model, 0.0):
         changed = any(
             not torch.equal(before[f"{name}.weight"], layer.weight)
@@ -200,10 +380,8 @@ def test_trial_reset_restores_exactly():
     assert changed
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
-    assert all(
-        a is b
-        for a, b in zip(noise, [layer._frozen_noise for _, layer in winq.quant_layers(model)])
-    )
+    after = [layer._frozen_noise for _, layer in winq.quant_layers(model)]
+    assert all(torch.equal(a, b) for a, b in zip(noise, after))
 
 
 def test_controller_resets_with_the_best_candidate_and_takes_its_reference():
@@ -223,7 +401,7 @@ def test_controller_resets_with_the_best_candidate_and_takes_its_reference():
         return {"near_zero_mass": distance, "clipped_fraction": winq.clipped_fraction(m)}
 
     controller = Controller(
-        GuideRule(min_period=0, max_period=1, alpha_by="near_zero_mass"),
+        GuideRule(kind="spectrum", min_period=0, max_period=1, alpha_by="near_zero_mass"),
         measure,
         alpha=None,
         alpha_candidates=(0.0, 0.5),
@@ -237,14 +415,14 @@ def test_controller_resets_with_the_best_candidate_and_takes_its_reference():
     controller.after_reset(5, candidates[alpha])
     assert controller.last_reset_step == 5 and controller.reference is candidates[alpha]
     state = controller.state_dict()
-    other = Controller(GuideRule(), measure)
+    other = Controller(GuideRule(kind="spectrum"), measure)
     other.load_state_dict(json.loads(json.dumps(state)))
     assert other.state_dict() == json.loads(json.dumps(state))
 
 
 def test_controller_stops_after_a_refusal():
     controller = Controller(
-        GuideRule(min_period=0, max_period=1), lambda m: {"near_zero_mass": 0.1}
+        GuideRule(kind="spectrum", min_period=0, max_period=1), lambda m: {"near_zero_mass": 0.1}
     )
     model = torch.nn.Linear(2, 2)
     controller.initial(model)
@@ -258,7 +436,7 @@ def test_controller_measure_leaves_global_rng_alone():
         torch.randn(3)
         return {}
 
-    controller = Controller(GuideRule(), measure)
+    controller = Controller(GuideRule(kind="spectrum"), measure)
     model = torch.nn.Linear(2, 2)
     torch.manual_seed(0)
     expected = torch.rand(1)

@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 
 from winq.analysis import Spectrum
-from winq.train import study
-from winq.train.study import main
+from winq.app import study
+from winq.app.study import main
 
 MINI = ["--bits", "2", "1.58", "--steps", "8", "--batch-size", "2", "--seq-len", "16",
         "--eval-every", "2", "--eval-batches", "1", "--probes", "2", "--lanczos-steps", "4",
-        "--spectrum-batch-size", "2", "--alphas", "0,0.2,1", "--no-progress"]  # fmt: skip
+        "--spectrum-batch-size", "2", "--alphas", "0,0.2,1", "--eval-limit", "8",
+        "--no-progress"]  # fmt: skip
 
 
 def mtimes(folder):
@@ -74,6 +75,13 @@ def test_study_end_to_end_and_resume(fp_checkpoint, tmp_path, monkeypatch, capsy
     # the report's numbers are the saved ones
     assert f"{last.summary()['clipped_fraction']:.4g}" in report
     assert "figures/alpha_sweep.png" in report
+    # zero-shot scores of the FP model and every run, each with its interval over the items
+    assert "## Zero-shot scores on the embedded benchmark" in report
+    for name in ("fp", "w2-baseline", "w2-guided", "w1.58-fixed"):
+        saved = json.loads((out / "eval" / name / "results.json").read_text())
+        accuracy = next(m for t in saved["tasks"] for m in t["metrics"] if m["metric"] == "acc")
+        assert accuracy["n"] == 8 and accuracy["low"] <= accuracy["value"] <= accuracy["high"]
+        assert f"| {name} | " in report
 
     before = mtimes(out)
     assert main(args) == 0  # a finished study only redraws
@@ -91,6 +99,7 @@ def test_study_end_to_end_and_resume(fp_checkpoint, tmp_path, monkeypatch, capsy
         (["--bits", "2", "--sweep-bits", "3"], "not among"),
         (["--alphas", "0,2"], "--alphas"),
         (["--steps", "0"], "positive integer"),
+        (["--eval-tasks", "no_such_task_xyz"], "no_such_task_xyz"),
         (["--preset", "huge"], "invalid choice"),
         (["--init", "{tmp}/missing"], "does not exist"),
         (["--out", "{tmp}/a_file"], "not a folder"),

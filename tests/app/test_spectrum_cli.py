@@ -16,7 +16,7 @@ import torch
 
 import winq
 from winq.analysis import Spectrum
-from winq.analysis.cli import main
+from winq.app.spectrum import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # a miniature measurement: 2 batches of 2 x 16 tokens, 2 probes x 8 Lanczos steps
@@ -59,12 +59,12 @@ def tree(path: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def test_writes_the_three_files_with_documented_columns(checkpoints, tmp_path, capsys):
+def test_writes_the_four_files_with_documented_columns(checkpoints, tmp_path, capsys):
     out = tmp_path / "spec"
     code, stdout, stderr = run_main(["--ckpt", checkpoints["w2"], *MINI, "--out", out], capsys)
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "density.parquet", "ritz.parquet", "spectrum.json"]  # fmt: skip
+        "density.parquet", "lanczos.parquet", "ritz.parquet", "spectrum.json"]  # fmt: skip
     ritz = pd.read_parquet(out / "ritz.parquet")
     assert list(ritz.columns) == ["probe", "node", "weight"]
     assert sorted(ritz["probe"].unique()) == [0, 1]
@@ -153,7 +153,7 @@ def test_requantize_and_existing_out(checkpoints, tmp_path, capsys):
 
 
 def test_two_runs_on_one_out_never_race(checkpoints, tmp_path, capsys, monkeypatch):
-    from winq.analysis.cli import out_lock_path
+    from winq.app.spectrum import out_lock_path
     from winq.io import FileLock
 
     out = tmp_path / "spec"
@@ -231,7 +231,7 @@ def test_bad_inputs_exit_2_in_one_line_and_write_nothing(checkpoints, tmp_path, 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "winq.analysis.cli", "--ckpt", str(tmp_path / "nope")],
+        [sys.executable, "-m", "winq.app.spectrum", "--ckpt", str(tmp_path / "nope")],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )  # fmt: skip
@@ -258,7 +258,7 @@ def test_torchrun_two_gloo_ranks_match_one_process(checkpoints, tmp_path, capsys
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "winq.analysis.cli", *args, "--out",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "winq.app.spectrum", *args, "--out",
          str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
     )  # fmt: skip

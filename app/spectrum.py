@@ -6,14 +6,27 @@ Examples::
     winq-spectrum --ckpt runs/w2/checkpoints/step_000600 --out spectra/w2
     winq-spectrum --ckpt path/to/hf-model --bits 2 --per-layer --top-k 3 --trace 30
     winq-spectrum --ckpt runs/w2/checkpoints/step_000600 --bits 1.58 --requantize
-    torchrun --nproc_per_node 2 -m winq.analysis.cli --ckpt CKPT --batches 4 --out spectra/x
+    torchrun --nproc_per_node 2 -m winq.app.spectrum --ckpt CKPT --batches 4 --out spectra/x
+    torchrun --nproc_per_node 8 -m winq.app.spectrum --ckpt BIG --fsdp --out spectra/big
 
 The loss is the token-weighted next-token cross-entropy over ``--batches`` batches of
 ``--batch-size`` × ``--seq-len`` tokens of the data's held-out split (by default the embedded
 Shakespeare corpus's held-out plays). The Hessian is with respect to ``--params`` (default: the
 latent weights of every QuantLinear, the WinQ paper's choice); for a quantized checkpoint it is
-the Hessian through the straight-through estimator (DESIGN.md). Under ``torchrun`` every rank
+the Hessian through the straight-through estimator (:mod:`winq.quantizers`). Under ``torchrun`` every rank
 takes its share of the batches, products are all-reduced, and rank 0 writes the folder.
+With ``--fsdp`` (``torchrun`` only) the model is sharded with FSDP2 instead — every decoder
+block, then the root (:func:`winq.sharding.shard_model`) — products are finite differences of
+two ordinary gradients (double backward cannot run through FSDP's collectives), and every
+Lanczos, SLQ and Hutchinson vector is sharded like the parameters (``docs/scale.md``).
+
+The path of one checkpoint to a figure: this command loads it (:func:`winq.load`), cuts the
+measurement batches (:func:`winq.data.probe_batches`), measures
+(:func:`winq.analysis.measure_spectrum`: Hessian products, SLQ, Lanczos, Hutch++), and writes
+the folder (:meth:`winq.analysis.Spectrum.save` through :mod:`winq.spectrumfile`), which
+``winq-plot`` reads back (:mod:`winq.plots.readers`) to draw. This command lives in the
+application layer because, without ``--ckpt``, it pre-trains the embedded default first
+(:func:`winq.train.ensure_fp_checkpoint`).
 
 Bad input — a missing or unreadable checkpoint, an unknown bit width, a width that differs
 from the checkpoint's without ``--requantize``, ``--steps 0``, a ``--params`` regex that
@@ -43,6 +56,10 @@ from winq.cli import (
     positive_float,
     positive_int,
 )
+from winq.quadrature import format_estimate
+from winq.runfiles import CHECKPOINTS, parse_step
+from winq.sources import looks_like_path
+from winq.spectrumfile import jsonable
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -64,6 +81,15 @@ def bits_value(text: str) -> float | int:
         ) from None
 
 
+def confidence(text: str) -> float:
+    from winq.cli import finite_float
+
+    value = finite_float(text)
+    if not 0.5 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0.5, 1), got {text}")
+    return value
+
+
 def trace_samples(text: str) -> int:
     value = nonnegative_int(text)
     if 0 < value < 3:
@@ -72,7 +98,7 @@ def trace_samples(text: str) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    from winq.analysis.diagnostics import DEFAULT_SIGMA, DEFAULT_ZERO_EPS
+    from winq.quadrature import DEFAULT_SIGMA, DEFAULT_ZERO_EPS
 
     parser = ArgumentParser(
         prog=PROG,
@@ -124,9 +150,11 @@ def build_parser() -> ArgumentParser:
     est.add_argument(
         "--steps",
         type=positive_int,
-        default=60,
+        nargs="+",
+        default=[60],
         metavar="M",
-        help="Lanczos steps per probe (default 60)",
+        help="Lanczos steps per probe (default 60); several (--steps 30 60 120) run the largest "
+        "once and report every diagnostic at each number of steps, from the same probes",
     )
     est.add_argument("--reorth", choices=("none", "full"), default="none")
     est.add_argument(
@@ -143,7 +171,11 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="Hutch++ products for the trace (0: the SLQ estimate)",
     )
-    est.add_argument("--backend", choices=("double_backward", "func"), default="double_backward")
+    est.add_argument(
+        "--backend",
+        choices=("double_backward", "func", "finite_difference"),
+        help="Hessian-vector products (default double_backward; finite_difference with --fsdp)",
+    )
     est.add_argument("--eps", type=positive_float, default=DEFAULT_ZERO_EPS,
                      help=f"near-zero threshold on |λ| (default {DEFAULT_ZERO_EPS})")  # fmt: skip
     est.add_argument(
@@ -151,6 +183,8 @@ def build_parser() -> ArgumentParser:
     )
     est.add_argument("--sigma", type=positive_float, default=DEFAULT_SIGMA,
                      help=f"Gaussian broadening of the saved density (default {DEFAULT_SIGMA})")  # fmt: skip
+    est.add_argument("--ci", type=confidence, default=0.95, metavar="LEVEL",
+                     help="confidence level of the intervals over probes (default 0.95)")  # fmt: skip
     est.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -162,6 +196,12 @@ def build_parser() -> ArgumentParser:
         "--out", metavar="DIR", help="spectrum folder (default: spectra/<checkpoint name>)"
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    run.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the model and the vectors over torchrun's processes with FSDP2 "
+        "(finite-difference products; --batches a multiple of the processes)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     run.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
@@ -220,15 +260,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         ) from None
 
 
-def _check_ckpt(path: Path) -> None:
-    from winq.checkpoint import CheckpointError, check_folder
-
-    try:
-        check_folder(path, "--ckpt")
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
-
-
 def _check_context(ckpt: Path, seq_len: int) -> None:
     """A ``--seq-len`` beyond the checkpoint's context, read from its ``config.json``."""
     try:
@@ -244,11 +275,11 @@ def _check_context(ckpt: Path, seq_len: int) -> None:
 
 def _step_and_run(path: Path) -> tuple[int | None, str | None]:
     """A trainer checkpoint is ``RUN/checkpoints/step_NNNNNN``: its step and run folder."""
-    match = re.fullmatch(r"step_(\d+)", path.name)
-    if match is None:
+    step = parse_step(path.name)
+    if step is None:
         return None, None
-    run = path.parent.parent if path.parent.name == "checkpoints" else None
-    return int(match.group(1)), (str(run) if run is not None else None)
+    run = path.parent.parent if path.parent.name == CHECKPOINTS else None
+    return step, (str(run) if run is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +292,7 @@ def _default_checkpoint(progress: bool, dist) -> Path:
     target = Path(embedded.default_checkpoint_path(DEFAULT_PRESET))
     if (target / "config.json").is_file():
         return target
-    from winq.train.pipeline import ensure_fp_checkpoint
+    from winq.train import ensure_fp_checkpoint
 
     if dist.is_main:
         print(f"{PROG}: the embedded {DEFAULT_PRESET} FP model is not cached yet; "
@@ -322,8 +353,18 @@ def _format_summary(summary: dict, metadata: dict, out: Path | None) -> str:
             return "n/a"
         return format(value, spec)
 
+    def mass(key: str) -> str:
+        text = format_estimate(summary.get(key), summary.get(f"{key}_ci"))
+        return text if summary.get(f"{key}_resolved") is not False else f"{text}  (unresolved)"
+
+    def spread(key: str) -> str:
+        low, high = summary.get(f"{key}_probes") or (None, None)
+        return f"{num(summary.get(key))}  (probes {num(low)} .. {num(high)})"
+
     bits = metadata.get("bits")
     clipped = summary.get("clipped_fraction")
+    threshold = summary.get("near_zero_threshold")
+    level = f"{summary.get('ci_level', 0.95):.0%}"
     rows = [
         ("checkpoint", str(metadata.get("checkpoint"))),
         ("bits", f"{bits} ({metadata.get('quantizer')})" if bits != 16 else "16 (full precision)"),
@@ -332,31 +373,78 @@ def _format_summary(summary: dict, metadata: dict, out: Path | None) -> str:
         (
             "probes x steps",
             f"{metadata.get('probes')} x {metadata.get('lanczos_steps')} "
-            f"(reorth {metadata.get('reorth')})",
+            f"(reorth {metadata.get('reorth')}); masses ± {level} half-width, Student t",
         ),
-        ("lambda_max", num(summary.get("lambda_max"))),
-        ("lambda_min", num(summary.get("lambda_min"))),
+        ("lambda_max", spread("lambda_max")),
+        ("lambda_min", spread("lambda_min")),
         ("|lambda_min|/lambda_max", num(summary.get("abs_ratio"), ".4g")),
         (
             "trace",
             f"{num(summary.get('trace'))} ± {num(summary.get('trace_stderr'), '.3g')} "
-            f"({summary.get('trace_method')})",
+            f"(s.e., {summary.get('trace_method')})",
         ),
+        (f"near-zero mass (|λ| ≤ {threshold:.3g})", mass("near_zero_mass")),
+        (f"negative mass (λ < -{threshold:.3g})", mass("negative_mass")),
+        (f"positive mass (λ > {threshold:.3g})", mass("positive_mass")),
         (
-            f"near-zero mass (|λ| < {summary.get('near_zero_threshold'):.3g})",
-            num(summary.get("near_zero_mass"), ".4f"),
+            f"broadened near-zero (σ {summary.get('density_sigma'):.2g})",
+            mass("near_zero_mass_broadened"),
         ),
-        ("negative mass", num(summary.get("negative_mass"), ".4f")),
+        ("sign-negative mass (λ < 0)", mass("sign_negative_mass")),
         ("clipped fraction", "n/a (full precision)" if clipped is None else f"{clipped:.4f}"),
     ]
     top = summary.get("top_eigenvalues")
     if top:
-        rows.append(("top eigenvalues", ", ".join(num(v) for v in top)))
+        residuals = summary.get("top_residuals") or [None] * len(top)
+        rows.append(("top eigenvalues", ", ".join(
+            f"{num(v)} (residual {num(r, '.2g')})" for v, r in zip(top, residuals))))  # fmt: skip
     rows.append(("wall seconds", num(metadata.get("wall_seconds"), ".1f")))
     if out is not None:
         rows.append(("written to", str(out)))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def resolution_warning(summary: dict, steps: int) -> str | None:
+    """One line when the near-zero mass at the threshold is not resolved: the threshold, the
+    resolution reached (the quadrature cell at zero) and what would resolve it."""
+    if summary.get("near_zero_mass_resolved") is not False:
+        return None
+    threshold = summary.get("near_zero_threshold")
+    cell = summary.get("near_zero_resolution")
+    advice = []
+    resolved = summary.get("near_zero_resolved_threshold")
+    if resolved is not None:
+        advice.append(f"the mass is resolved from |λ| ≤ {resolved:.2g}")
+    if cell is not None and math.isfinite(cell) and threshold and cell > threshold:
+        # interior node spacing shrinks roughly like 1/m
+        advice.append(f"about {math.ceil(steps * cell / threshold):,} Lanczos steps would make "
+                      "the cell at zero as narrow as the threshold")  # fmt: skip
+    if summary.get("near_zero_mass_below_clipped"):
+        advice.append("its interval lies below the clipped fraction, an exact lower bound")
+    return (
+        f"warning: the near-zero mass at |λ| ≤ {threshold:.3g} is unresolved: the quadrature "
+        f"cell around zero is {cell:.2g} wide after {steps} steps"
+        + ("; " + "; ".join(advice) if advice else "")
+    )
+
+
+def _convergence_table(by_steps: dict) -> str:
+    keys = ("lambda_max", "near_zero_mass", "negative_mass", "positive_mass",
+            "near_zero_mass_broadened")  # fmt: skip
+    lines = [f"{'steps':>6}  " + "  ".join(f"{k:>22}" for k in keys)]
+    for steps, summary in sorted(by_steps.items(), key=lambda kv: int(kv[0])):
+        cells = []
+        for key in keys:
+            if key == "lambda_max":
+                cells.append(f"{summary[key]:>22.6g}")
+                continue
+            text = format_estimate(summary.get(key), summary.get(f"{key}_ci"))
+            mark = "" if summary.get(f"{key}_resolved") is not False else "*"
+            cells.append(f"{text + mark:>22}")
+        lines.append(f"{int(steps):>6}  " + "  ".join(cells))
+    lines.append("(* unresolved at that number of steps)")
+    return "\n".join(lines)
 
 
 def _block_lines(spectrum) -> str:
@@ -378,19 +466,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     params = _params_spec(args.params)
     ckpt = None if args.ckpt is None else Path(args.ckpt)
     if ckpt is not None:
-        _check_ckpt(ckpt)
-    if (
-        args.data is not None
-        and not Path(args.data).exists()
-        and (
-            os.sep in args.data or Path(args.data).suffix in (".txt", ".jsonl", ".json", ".parquet")
-        )
-    ):
+        from winq.checkpoint import check_checkpoint_arg
+
+        check_checkpoint_arg(ckpt, "--ckpt")
+    if args.data is not None and not Path(args.data).exists() and looks_like_path(args.data):
         raise UsageError(f"--data {args.data!r} does not exist")
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
         raise UsageError(f"--tokenizer {args.tokenizer!r} is not a folder")
     if args.out is not None:
         _check_out(Path(args.out), args.overwrite)
+    args.backend = _check_fsdp(args)
     if ckpt is not None:
         from winq.checkpoint import read_quant_config
 
@@ -417,6 +502,29 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _measure(args, params, ckpt, dist, torch)
     finally:
         distributed.cleanup()
+
+
+def _check_fsdp(args: argparse.Namespace) -> str:
+    """The backend to use; ``--fsdp`` refused without torchrun or with an exact backend."""
+    if not args.fsdp:
+        return args.backend or "double_backward"
+    if int(os.environ.get("WORLD_SIZE", "0")) < 2 or "RANK" not in os.environ:
+        raise UsageError(
+            "--fsdp shards the model over torchrun's processes; launch it with "
+            "torchrun --nproc_per_node N (N >= 2) -m winq.app.spectrum ... --fsdp"
+        )
+    if args.backend not in (None, "finite_difference"):
+        raise UsageError(
+            f"--backend {args.backend} cannot run with --fsdp: FSDP's all-gathers and "
+            "reduce-scatters are not in the autograd graph; use --backend finite_difference"
+        )
+    world = int(os.environ["WORLD_SIZE"])
+    if args.batches % world:
+        raise UsageError(
+            f"--fsdp needs --batches a multiple of the {world} processes (every rank runs "
+            f"each forward's all-gathers together), got {args.batches}"
+        )
+    return "finite_difference"
 
 
 def _measure(args, params, ckpt: Path | None, dist, torch) -> int:
@@ -509,6 +617,11 @@ def _measure_into(out: Path, args, params, ckpt: Path, bits, default: bool, dist
     batches, tokens = _batches(args, tokenizer, model, dist.rank, dist.world_size)
     step, run_dir = _step_and_run(ckpt)
     group = torch.distributed.group.WORLD if dist.enabled else None
+    if args.fsdp:
+        from winq.sharding import shard_model
+
+        model = shard_model(model)
+        group = None  # the operator reduces over the shards' mesh
     spectrum = measure_spectrum(
         model,
         batches,
@@ -523,6 +636,7 @@ def _measure_into(out: Path, args, params, ckpt: Path, bits, default: bool, dist
         eps=args.eps,
         relative=args.relative_eps,
         sigma=args.sigma,
+        ci=args.ci,
         per_layer=args.per_layer,
         process_group=group,
         basis_device="cpu" if dist.device.type == "cuda" else None,
@@ -544,18 +658,25 @@ def _measure_into(out: Path, args, params, ckpt: Path, bits, default: bool, dist
         return 0
     spectrum.save(out, overwrite=args.overwrite)
     summary = spectrum.summary()
+    by_steps = spectrum.convergence(args.steps) if len(args.steps) > 1 else {}
     if args.json:
-        from winq.analysis.spectrum import _jsonable
-
         document = {"out": str(out), "summary": summary}
+        if by_steps:
+            document["by_steps"] = {str(m): s for m, s in by_steps.items()}
         if spectrum.blocks:
             document["blocks"] = {name: b.summary() for name, b in spectrum.blocks.items()}
-        print(json.dumps(_jsonable(document), indent=2))
+        print(json.dumps(jsonable(document), indent=2))
     else:
         print(_format_summary(summary, spectrum.metadata, out))
+        if by_steps:
+            print()
+            print(_convergence_table(by_steps))
         if spectrum.blocks:
             print()
             print(_block_lines(spectrum))
+    warning = resolution_warning(summary, max(args.steps))
+    if warning is not None:
+        print(f"{PROG}: {warning}", file=sys.stderr)
     return 0
 
 
