@@ -93,26 +93,36 @@ def one_line(error: BaseException) -> str:
 def guarded_main(
     prog: str,
     run: Callable[[Sequence[str] | None], int | None],
-    usage_errors: tuple[type[BaseException], ...] = (),
+    usage_errors: tuple[type[BaseException], ...]
+    | Callable[[], tuple[type[BaseException], ...]] = (),
 ) -> Callable[[Sequence[str] | None], int]:
     """Wrap a command's ``run(argv)`` so every failure becomes one line on stderr.
 
     Args:
         prog: the command name used as the message prefix.
         run: the command; returns an exit code or None for 0.
-        usage_errors: exception types reported as usage errors (exit 2) besides UsageError.
+        usage_errors: exception types reported as usage errors (exit 2) besides UsageError,
+            or a function returning them, called only once an exception is raised (so that
+            their modules, which may import torch, are not imported for ``--help`` or a bad
+            flag).
     """
 
     def main(argv: Sequence[str] | None = None) -> int:
         try:
-            code = run(argv)
+            try:
+                code = run(argv)
+            except Exception as e:
+                types = usage_errors() if callable(usage_errors) else usage_errors
+                if types and not isinstance(e, UsageError) and isinstance(e, types):
+                    raise UsageError(str(e)) from e
+                raise
             return 0 if code is None else int(code)
         except SystemExit as e:  # argparse's exits (0 for --help, 2 for errors)
             return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         except KeyboardInterrupt:
             sys.stderr.write(f"{prog}: interrupted\n")
             return 130
-        except (UsageError, *usage_errors) as e:
+        except UsageError as e:
             _report(prog, e)
             return 2
         except BrokenPipeError:

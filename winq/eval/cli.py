@@ -207,7 +207,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (EvalError, CheckpointError)
 
 
-main = guarded_main(PROG, run, usage_errors=_usage_errors())
+main = guarded_main(PROG, run, usage_errors=_usage_errors)
 
 if __name__ == "__main__":
     sys.exit(main())
