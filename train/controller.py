@@ -376,8 +376,10 @@ def spectral_summary(nodes, weights, eps: float, mask=None) -> dict[str, Any]:
     """Extreme eigenvalues and masses from Ritz nodes and quadrature weights.
 
     Uses :mod:`winq.quadrature` (near-zero threshold ``eps·λmax``); ``mask`` marks real nodes
-    when Lanczos stopped early on some probe. With two or more probes the near-zero mass also
-    gets its 95% Student-t interval over probes, ``near_zero_mass_ci`` (None with one probe).
+    when Lanczos stopped early on some probe. The masses split at t = eps·λmax
+    (:func:`winq.quadrature.mass_estimates`: ``negative_mass`` θ < −t, ``near_zero_mass``
+    |θ| ≤ t, ``positive_mass`` θ > t, and ``sign_negative_mass`` θ < 0), each with its 95%
+    Student-t interval over probes, ``K_ci`` (None with one probe).
 
     Args:
         nodes: ``(probes, steps)`` or ``(steps,)`` Ritz values θ.
@@ -387,16 +389,24 @@ def spectral_summary(nodes, weights, eps: float, mask=None) -> dict[str, Any]:
     from winq import quadrature as d
 
     top, bottom = d.lambda_max(nodes, weights, mask), d.lambda_min(nodes, weights, mask)
-    per_probe = d.per_probe_near_zero_mass(nodes, weights, mask, eps=eps, relative=True)
-    interval = d.t_interval(per_probe, 0.95).ci
-    finite = all(math.isfinite(x) for x in interval)
-    return {
+    masses = d.mass_estimates(nodes, weights, mask, eps=eps, relative=True, sigma=None)
+
+    def interval(key: str) -> list[float] | None:
+        ci = masses[key].ci
+        return [float(x) for x in ci] if all(math.isfinite(x) for x in ci) else None
+
+    out: dict[str, Any] = {
         "lambda_max": top,
         "lambda_min": bottom,
         "abs_lambda_max": max(abs(top), abs(bottom)),
-        "near_zero_mass": d.near_zero_mass(nodes, weights, mask, eps=eps, relative=True),
-        "near_zero_mass_ci": [float(x) for x in interval] if finite else None,
-        "negative_mass": d.negative_mass(nodes, weights, mask),
+    }
+    # the three-way split at t = eps·λmax (|θ| ≤ t near zero, θ < −t negative), and θ < 0
+    # under its own name: with few nodes its value is the sign of the node nearest zero
+    for key in ("near_zero_mass", "negative_mass", "positive_mass", "sign_negative_mass"):
+        out[key] = masses[key].value
+        out[f"{key}_ci"] = interval(key)
+    return {
+        **out,
         "near_zero_eps": eps,
         # the same mass at other thresholds, and the quadrature's resolution near zero (the
         # width of the cell of the node nearest zero, relative to λmax): with few Lanczos

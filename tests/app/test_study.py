@@ -99,7 +99,6 @@ def test_study_end_to_end_and_resume(fp_checkpoint, tmp_path, monkeypatch, capsy
         (["--bits", "2", "--sweep-bits", "3"], "not among"),
         (["--alphas", "0,2"], "--alphas"),
         (["--steps", "0"], "positive integer"),
-        (["--eval-tasks", "no_such_task_xyz"], "no_such_task_xyz"),
         (["--preset", "huge"], "invalid choice"),
         (["--init", "{tmp}/missing"], "does not exist"),
         (["--out", "{tmp}/a_file"], "not a folder"),

@@ -346,12 +346,21 @@ def test_choose_alpha_by_near_zero_mass_ties_to_larger_alpha():
 
 
 def test_spectral_summary_masses():
-    nodes = torch.tensor([[-1.0, 0.0001, 2.0, 10.0]])
-    weights = torch.tensor([[0.1, 0.5, 0.2, 0.2]])
+    # t = 1e-3 · λmax = 0.01: the node at -1e-4 is near zero, not negative, and only the
+    # sign-based mass counts it
+    nodes = torch.tensor([[-1.0, -0.0001, 2.0, 10.0], [-1.0, 0.0001, 2.0, 10.0]])
+    weights = torch.tensor([[0.1, 0.5, 0.2, 0.2], [0.3, 0.5, 0.1, 0.1]])
     s = spectral_summary(nodes, weights, eps=1e-3)
     assert s["lambda_max"] == 10.0 and s["lambda_min"] == -1.0 and s["abs_lambda_max"] == 10.0
     assert s["near_zero_mass"] == pytest.approx(0.5)
-    assert s["negative_mass"] == pytest.approx(0.1)
+    assert s["negative_mass"] == pytest.approx(0.2)
+    assert s["positive_mass"] == pytest.approx(0.3)
+    assert s["sign_negative_mass"] == pytest.approx((0.6 + 0.3) / 2)
+    # Student t over the two probes (0.1, 0.3: standard error 0.1): 0.2 ± 12.706 · 0.1,
+    # clipped to [0, 1]; the positive mass (0.4, 0.2) likewise
+    assert s["negative_mass_ci"] == [0.0, 1.0]
+    assert s["positive_mass_ci"] == [0.0, 1.0]
+    assert s["near_zero_mass_ci"] == pytest.approx([0.5, 0.5])
 
 
 def quantized_tiny():
