@@ -306,3 +306,32 @@ def test_path_errors(tmp_path):
         find_inputs([tmp_path / "empty"])
     with pytest.raises(PlotInputError, match="no input paths"):
         find_inputs([])
+
+
+def test_a_format_1_spectrum_with_ritz_nodes_plots(tmp_path):
+    """Format 1 with ``ritz.parquet`` but no ``lanczos.parquet``: masses are recomputed from
+    the nodes with their intervals over probes, resolution is judged as if no node had
+    converged (no residuals: conservative), and the density and magnitude figures draw it."""
+    import matplotlib.pyplot as plt
+
+    from winq.plots.figures import plot_density_over_training, plot_magnitudes_by_bits
+
+    document = write_spectrum(tmp_path / "old", bits=2, step=5, seed=2)
+    (tmp_path / "old" / "lanczos.parquet").unlink(missing_ok=True)
+    summary = {
+        k: v
+        for k, v in document["summary"].items()
+        if not k.endswith(("_ci", "_stderr", "_resolved"))
+    }
+    old = {"format_version": 1, "kind": document["kind"], "metadata": document["metadata"],
+           "summary": summary}  # fmt: skip
+    (tmp_path / "old" / "spectrum.json").write_text(json.dumps(old))
+    spectrum = read_spectrum(tmp_path / "old")
+    near, _ = spectrum.mass("near_zero")
+    low, high = near.ci
+    assert low <= near.value <= high and near.resolved is False  # the adjacent nodes weigh 7.5%
+    write_spectrum(tmp_path / "new", bits=1, step=5, seed=3)  # magnitudes need two widths
+    pair = [spectrum, read_spectrum(tmp_path / "new")]
+    for figure in (plot_density_over_training([spectrum]), plot_magnitudes_by_bits(pair)):
+        assert figure.axes and any(ax.lines or ax.collections for ax in figure.axes)
+        plt.close(figure)
