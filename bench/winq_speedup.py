@@ -13,6 +13,8 @@ identical data order, learning rate and length. The modes (``--modes``; :data:`M
   noise σ = 1e-3; ``fixed-clipped`` / ``fixed-dither``: the same schedule in the other reset
   modes (``winq-train --winq-reset-mode``);
 * ``guided``: ``--guide`` with the controller's defaults (the latent-grid rule);
+  ``guided-nonoise``: the same without noise injection (σ = 0), which separates what the
+  resets do from what the noise does;
 * ``guided-spectrum``: the controller's previous default — spectrum triggers, α auto by
   |λ|max, ``full`` resets (the ``guided`` rows of the earlier grid in BENCHMARKS.md);
 
@@ -68,6 +70,7 @@ MODES: dict[str, dict[str, Any]] = {
     "fixed-clipped": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "clipped"},
     "fixed-dither": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "dither"},
     "guided": {"guide": True},
+    "guided-nonoise": {"guide": True, "noise_sigma": 0.0},
     "guided-spectrum": {"guide": True, "guide_rule": "spectrum", "winq_alpha": "auto"},
 }
 
