@@ -12,9 +12,9 @@ identical data order, learning rate and length. The modes (``--modes``; :data:`M
 * ``fixed``: the paper's schedule, 3 resets (after T/4, T/2, 3T/4) at α = 0.2, mode ``full``,
   noise σ = 1e-3; ``fixed-clipped`` / ``fixed-dither``: the same schedule in the other reset
   modes (``winq-train --winq-reset-mode``);
-* ``guided``: ``--guide`` with the controller's defaults (the latent-grid rule);
-  ``guided-nonoise``: the same without noise injection (σ = 0), which separates what the
-  resets do from what the noise does;
+* ``guided``: ``--guide`` with the latent-grid rule and noise σ = 1e-3 (the controller's
+  default when the tiny grid ran); ``guided-nonoise``: the same without noise injection,
+  which separates what the resets do from what the noise does, and is the default since;
 * ``guided-spectrum``: the controller's previous default — spectrum triggers, α auto by
   |λ|max, ``full`` resets (the ``guided`` rows of the earlier grid in BENCHMARKS.md);
 
@@ -69,9 +69,14 @@ MODES: dict[str, dict[str, Any]] = {
     "fixed": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "full"},
     "fixed-clipped": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "clipped"},
     "fixed-dither": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "dither"},
-    "guided": {"guide": True},
-    "guided-nonoise": {"guide": True, "noise_sigma": 0.0},
-    "guided-spectrum": {"guide": True, "guide_rule": "spectrum", "winq_alpha": "auto"},
+    "guided": {"guide": True, "noise_sigma": 1e-3},
+    "guided-nonoise": {"guide": True, "noise_sigma": 0.0},  # the controller's default
+    "guided-spectrum": {
+        "guide": True,
+        "guide_rule": "spectrum",
+        "winq_alpha": "auto",
+        "noise_sigma": 1e-3,
+    },
 }
 
 

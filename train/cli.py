@@ -185,7 +185,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument(
         "--noise-sigma",
         type=nonnegative_float,
-        help="weight noise std (1e-3 with WinQ, 0 for the baseline)",
+        help="weight noise std (1e-3 with fixed WinQ resets; 0 for the baseline and --guide)",
     )
     g.add_argument(
         "--noise-sigma-scale",
