@@ -38,10 +38,13 @@ collapse onto the grid, not the count of resets, is the harm. Hence: the default
 a reset can only take saturated latents back into range); ``clip_growth`` = 0.01 (the 2-bit
 runs clip 1–3% of their latents, so a reset waits for saturation comparable to what is
 there); ``flip_budget`` = 1 (a collapse of ΔD/2 cell widths must be recoverable at least once
-over); ``lr_floor`` = 0.25 (below it the remaining schedule is under a tenth of the run's
-learning-rate budget (6% for a cosine decay to zero, reached at 2/3 of the run)). The thresholds are set from that mechanism;
-the grid that would test this rule against the others is recorded in BENCHMARKS.md as far as
-it has been run.
+over); ``lr_floor`` = 0.25 (below it the rest of a cosine schedule decaying to zero holds 6%
+of the run's learning-rate budget). On the tiny preset (300 updates, 3 seeds; the table
+"Issue 13" in BENCHMARKS.md) this rule without noise ties with plain QAT at 1 bit (Δ −0.04%
+[−0.18, +0.09]) and 2 bits (+0.01% [−0.07, +0.10]) and is worse at 1.58 bits (+0.10%
+[+0.02, +0.19]): each clipped reset took the clipped fraction to 0 and left the dispersion
+and the flip rate where the baseline has them, yet three of them cost a little. The rule does
+not yet find "no reset" by itself where that is best.
 
 **The spectrum rule** (``spectrum``, the previous default; :func:`decide`). Every
 ``--guide-every`` updates it measures, on one fixed held-out probe batch, the clipped fraction
