@@ -49,8 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from winq.cli import (
+    BITS_CHOICES,
     ArgumentParser,
     UsageError,
+    bits_value,
     guarded_main,
     nonnegative_int,
     positive_float,
@@ -64,21 +66,9 @@ from winq.spectrumfile import jsonable
 __all__ = ["build_parser", "main", "run"]
 
 PROG = "winq-spectrum"
-BITS_CHOICES = ("1", "1.58", "2", "3", "4", "16")
 DTYPES = ("float32", "float64", "bfloat16")
 DEFAULT_PRESET = "tiny"
 DEFAULT_BITS = "2"  # for the embedded default (an FP checkpoint) when --bits is not given
-
-
-def bits_value(text: str) -> float | int:
-    from winq.config import parse_bits
-
-    try:
-        return parse_bits(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be one of {', '.join(BITS_CHOICES)}, got {text}"
-        ) from None
 
 
 def confidence(text: str) -> float:

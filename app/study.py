@@ -223,12 +223,12 @@ def _config_from_args(args) -> StudyConfig:
     sizes = _preset_study(args.preset)
     given = {key: getattr(args, key) for key in sizes
              if getattr(args, key, None) is not None}  # fmt: skip
-    tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()]
+    from winq.eval import EvalError, load_tasks, split_tasks
+
+    tasks = split_tasks(args.eval_tasks)
     if tasks == ["none"]:
         tasks = []
     elif tasks:
-        from winq.eval import EvalError, load_tasks
-
         try:
             load_tasks(tasks)
         except EvalError as e:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import QUANT_SPECS
 from torch import nn
 
 import winq
@@ -25,17 +26,6 @@ from winq.nn import (
 from winq.quantizers import Quantizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-QUANT_SPECS = [
-    (1, "lsq"),
-    (1.58, "seq"),
-    (2, "seq"),
-    (2, "lsq"),
-    (3, "lsq"),
-    (4, "lsq"),
-    (3, "seq"),
-    (4, "seq"),
-]
 
 
 def _hand_layer(spec, values, scale=1.0, dtype=torch.float32):

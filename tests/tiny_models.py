@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt_neox")
+# every (bits, quantizer) pair the quantizers support
+QUANT_SPECS = [
+    (1, "lsq"),
+    (1.58, "seq"),
+    (2, "seq"),
+    (2, "lsq"),
+    (3, "lsq"),
+    (4, "lsq"),
+    (3, "seq"),
+    (4, "seq"),
+]
 
 
 def build_tiny_model(arch: str = "llama", seed: int = 0, layers: int = 2, vocab: int = 64):

@@ -355,20 +355,16 @@ def check_out_folder(path: str, flag: str = "--out") -> None:
             return
 
 
-def eval_task_list(text: str) -> list[str]:
-    """``--eval-tasks a,b`` as a list (empty entries dropped)."""
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def check_eval_tasks(config: TrainConfig) -> None:
     """Resolve ``--eval-tasks`` (and load their data) before training, so a task that does not
     exist, or whose data is not available offline, is refused before hours of training."""
-    tasks = eval_task_list(config.eval_tasks)
+    from winq.eval import EvalError, load_tasks, split_tasks
+
+    tasks = split_tasks(config.eval_tasks)
     if not tasks:
         raise UsageError(f"--eval-tasks {config.eval_tasks!r} names no task")
     if config.out is None:
         raise UsageError("--eval-tasks needs --out RUN (the results go to RUN/eval)")
-    from winq.eval import EvalError, load_tasks
 
     try:
         load_tasks(tasks)

@@ -99,7 +99,7 @@ def evaluate_final(config: TrainConfig, result: Any, dist: distributed.Dist) -> 
     """``--eval-tasks``: :func:`winq.eval.evaluate_checkpoint` on the final checkpoint, on the
     main process (the others wait), results in ``RUN/eval`` (replaced on a rerun)."""
     if dist.is_main:
-        from winq.eval import evaluate_checkpoint
+        from winq.eval import evaluate_checkpoint, split_tasks
 
         if result.final_checkpoint is None:
             raise RuntimeError("--eval-tasks: the run saved no checkpoint to evaluate")
@@ -108,7 +108,7 @@ def evaluate_final(config: TrainConfig, result: Any, dist: distributed.Dist) -> 
             limit = int(limit)
         evaluated = evaluate_checkpoint(
             result.final_checkpoint,
-            [t.strip() for t in config.eval_tasks.split(",") if t.strip()],
+            split_tasks(config.eval_tasks),
             out=Path(result.out) / "eval",
             overwrite=True,
             limit=limit,

@@ -15,9 +15,11 @@ import traceback
 from collections.abc import Callable, Sequence
 
 __all__ = [
+    "BITS_CHOICES",
     "ArgumentParser",
     "RuntimeFailure",
     "UsageError",
+    "bits_value",
     "finite_float",
     "fraction",
     "guarded_main",
@@ -55,6 +57,21 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+BITS_CHOICES = ("1", "1.58", "2", "3", "4", "16")  # --bits as the commands show it
+
+
+def bits_value(text: str) -> float | int:
+    """``--bits``: a bit width of :data:`winq.config.BITS` (``"ternary"`` too), canonical."""
+    from winq.config import parse_bits
+
+    try:
+        return parse_bits(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(BITS_CHOICES)}, got {text}"
+        ) from None
 
 
 def nonnegative_int(text: str) -> int:

@@ -26,6 +26,7 @@ from winq.eval.harness import (
     evaluate,
     evaluate_checkpoint,
     load_tasks,
+    split_tasks,
 )
 from winq.eval.intervals import bootstrap_ratio_interval, wilson_interval
 from winq.eval.results import EvalResult, MetricScore, ResultsFileError, TaskScore
@@ -49,5 +50,6 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "load_tasks",
+    "split_tasks",
     "wilson_interval",
 ]

@@ -33,24 +33,19 @@ import json
 import sys
 from collections.abc import Sequence
 
-from winq.cli import ArgumentParser, UsageError, guarded_main, nonnegative_int
+from winq.cli import (
+    BITS_CHOICES,
+    ArgumentParser,
+    UsageError,
+    bits_value,
+    guarded_main,
+    nonnegative_int,
+)
 
 __all__ = ["build_parser", "main", "run"]
 
 PROG = "winq-eval"
-BITS_CHOICES = ("1", "1.58", "2", "3", "4", "16")
 DEFAULT_PRESET = "tiny"
-
-
-def bits_value(text: str) -> float | int:
-    from winq.config import parse_bits
-
-    try:
-        return parse_bits(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be one of {', '.join(BITS_CHOICES)}, got {text}"
-        ) from None
 
 
 def limit_value(text: str) -> int | float:
@@ -86,7 +81,9 @@ def batch_size_value(text: str) -> int | str:
 
 
 def task_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
+    from winq.eval.harness import split_tasks
+
+    names = split_tasks(text)
     if not names:
         raise argparse.ArgumentTypeError("no task names given")
     return names

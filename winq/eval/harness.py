@@ -207,6 +207,12 @@ def _default_manager(include: tuple[str, ...] = ()):
     return _MANAGERS[key]
 
 
+def split_tasks(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated task list as the commands take
+    it (``winq-eval --tasks``, ``winq-train --eval-tasks``, ``winq-reproduce --eval-tasks``)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _is_path(spec: str) -> bool:
     return spec.endswith(_YAML_SUFFIXES) or os.sep in spec or spec.startswith((".", "~"))
 
