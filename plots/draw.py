@@ -12,6 +12,7 @@ from winq.plots.compare import group_by_bits
 from winq.plots.figures import (
     plot_alpha_sweep,
     plot_density_over_training,
+    plot_latent_mechanism,
     plot_loss_curves,
     plot_magnitudes_by_bits,
     plot_spectrum_over_training,
@@ -57,8 +58,9 @@ def draw_all(
     """Draw every figure the inputs support into ``out_dir``, plus the summary tables.
 
     Figures: ``density_<run>`` (one per run or series of spectra), ``magnitudes_by_bits``,
-    ``spectrum_over_training_<bits>`` and ``loss_<bits>`` (one per bit width with runs),
-    ``alpha_sweep``; tables ``summary_spectra.csv``, ``summary_runs.csv``, ``summary.md``.
+    ``spectrum_over_training_<bits>``, ``loss_<bits>`` and ``latent_mechanism_<bits>`` (one per
+    bit width with runs; the last where a run logged the latent grid), ``alpha_sweep``; tables
+    ``summary_spectra.csv``, ``summary_runs.csv``, ``summary.md``.
 
     Args:
         inputs: from :func:`winq.plots.load_inputs`.
@@ -114,9 +116,11 @@ def draw_all(
         lambda: plot_magnitudes_by_bits(preferred + others, eps=eps, mass_sigma=mass_sigma),
     )
 
-    # 3 and 5. per bit width: spectrum over training and loss curves
+    # 3, 5 and 6. per bit width: spectrum over training, loss curves, latent grid
     if not inputs.runs:
-        result.skipped.append("spectrum_over_training_*, loss_*: no run folders")
+        result.skipped.append(
+            "spectrum_over_training_*, loss_*, latent_mechanism_*: no run folders"
+        )
     for bits, runs in group_by_bits(inputs.runs).items():
         name = _bits_slug(bits)
         kinds = {run.is_baseline for run in runs}
@@ -131,6 +135,12 @@ def draw_all(
             f"loss_{name}",
             lambda r=runs, b=bits, v=versus: plot_loss_curves(
                 r, title=f"Loss over {qat_name(b)}{v}"
+            ),
+        )
+        emit(
+            f"latent_mechanism_{name}",
+            lambda r=runs, b=bits, v=versus: plot_latent_mechanism(
+                r, title=f"Latent grid over {qat_name(b)}{v}"
             ),
         )
 

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from winq.plots.compare import baseline_for, speedup
-from winq.plots.readers import RunData, SpectrumData, format_bits
+from winq.plots.readers import LATENT_GRID_COLUMNS, RunData, SpectrumData, format_bits
 from winq.plots.style import CYCLE, PALETTE, bits_color, mode_color, new_figure, style
 from winq.quadrature import format_estimate
 
@@ -27,6 +27,7 @@ __all__ = [
     "format_step",
     "plot_alpha_sweep",
     "plot_density_over_training",
+    "plot_latent_mechanism",
     "plot_loss_curves",
     "plot_magnitudes_by_bits",
     "plot_spectrum_over_training",
@@ -566,4 +567,72 @@ def plot_loss_curves(runs: Sequence[RunData], *, title: str | None = None) -> Fi
             handles.append(Line2D([], [], color="#666666", ls=(0, (2, 2)), label="WinQ reset"))
         fig.legend(handles=handles, loc="outside lower center", ncol=2)
         fig.suptitle(title or "Loss over training")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the latent grid over training (the mechanism a WinQ reset acts on)
+
+# (column, panel title, y label), top to bottom
+LATENT_PANELS = (
+    ("flip_fraction", "level flips since the previous evaluation", "flip fraction"),
+    ("grid_dispersion", "grid dispersion (0: on the grid, ½: spread uniformly)", "dispersion"),
+    ("clipped_fraction", "latents outside the quantizer's range", "clipped fraction"),
+)
+LATENT_NOTE = "exact shares of all quantized latent weights\n(counted, not estimated: no intervals)"
+
+
+def plot_latent_mechanism(runs: Sequence[RunData], *, title: str | None = None) -> Figure:
+    """Flip fraction, grid dispersion and clipped fraction over training, one line per run.
+
+    Three panels stacked on one step axis, one per quantity of the latent grid that
+    ``winq-train`` logs with each QAT evaluation (:attr:`RunData.latent_grid`); a panel no run
+    logged is left out. The flip fraction covers the interval since the previous evaluation
+    and is drawn at the evaluation that ends it. Every value is an exact count over the
+    latents, so there are no intervals. Each run keeps its colour of :func:`plot_loss_curves`
+    (given the same runs); its resets are vertical dashed lines in that colour.
+
+    Raises:
+        ValueError: no run logged any of the three (FP runs, runs from before the fields).
+    """
+    all_colors = _run_colors(runs)
+    drawn = [(run, run.latent_grid, c) for run, c in zip(runs, all_colors)]
+    drawn = [(run, frame, c) for run, frame, c in drawn if not frame.empty]
+    if not drawn:
+        raise ValueError(
+            f"no run logged the latent grid ({', '.join(LATENT_GRID_COLUMNS)}) at its evaluations"
+        )
+    panels = [p for p in LATENT_PANELS if any(f[p[0]].notna().any() for _, f, _ in drawn)]
+    runs = [run for run, _, _ in drawn]
+    colors = [c for _, _, c in drawn]
+    with style():
+        fig = new_figure("one", height=1.45 * len(panels) + 1.3)
+        axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
+        for ax, (key, panel_title, ylabel) in zip(axes, panels):
+            values = []
+            for run, frame, color in drawn:
+                logged = frame[["step", key]].dropna()
+                if logged.empty:
+                    continue
+                y = logged[key].to_numpy(float)
+                values.append(y)
+                ax.plot(logged["step"].to_numpy(float), y, color=color, marker="o", label=run.label)
+            _mark_resets(ax, runs, colors)
+            if key == "grid_dispersion":
+                ax.axhline(0.5, color=PALETTE["black"], lw=0.6, ls=":", alpha=0.7, zorder=1)
+            shown = np.concatenate(values)
+            if key == "flip_fraction" and shown.min() > 0 and shown.max() >= 100 * shown.min():
+                _plain_log_axis(ax)  # flips decay by orders of magnitude: keep the late ones
+            else:
+                ax.set_ylim(bottom=0.0)
+            ax.set_title(panel_title)
+            ax.set_ylabel(ylabel)
+        axes[-1].set_xlabel("training step (flips: at the evaluation ending the interval)")
+        handles = [
+            Line2D([], [], color=c, marker="o", label=run.label) for run, c in zip(runs, colors)
+        ]
+        if any(run.reset_steps for run in runs):
+            handles.append(Line2D([], [], color="#666666", ls=(0, (2, 2)), label="WinQ reset"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=2)
+        fig.suptitle(f"{title or 'Latent grid over training'}\n{LATENT_NOTE}")
     return fig

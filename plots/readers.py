@@ -35,6 +35,7 @@ from winq import quadrature, runfiles, spectrumfile
 __all__ = [
     "DEFAULT_GRID_POINTS",
     "FORMAT_VERSION",
+    "LATENT_GRID_COLUMNS",
     "Inputs",
     "PlotInputError",
     "RunData",
@@ -439,6 +440,17 @@ def _mass_columns(kind: str, estimate: quadrature.Estimate) -> dict[str, Any]:
     }
 
 
+LATENT_GRID_COLUMNS = ("flip_fraction", "grid_dispersion", "clipped_fraction")
+
+
+def _logged_number(value: Any) -> float:
+    """A logged metric as a float (NumPy scalars unwrapped), NaN when absent or not a number."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    number = _number(value)
+    return math.nan if number is None else number
+
+
 @dataclass
 class RunData:
     """One training run folder, as read.
@@ -533,6 +545,30 @@ class RunData:
             return int(self.metrics["step"].max())
         total = _number(self.config.get("total_steps"))
         return None if total is None else int(total)
+
+    @property
+    def latent_grid(self) -> pd.DataFrame:
+        """The latent grid logged with each QAT evaluation (``docs/formats.md``), one row per
+        step that logged any of :data:`LATENT_GRID_COLUMNS`.
+
+        Columns: ``step``, ``flip_fraction`` (share of latents whose level changed since the
+        evaluation at ``flip_since``: the interval ending at ``step``), ``flip_since``,
+        ``grid_dispersion`` and ``clipped_fraction``; a value not logged at a step (the first
+        evaluation has no flip fraction; null, non-numbers) is NaN. Empty for runs that logged
+        none of them (FP runs, runs written before the fields existed).
+        """
+        columns = ["step", *LATENT_GRID_COLUMNS, "flip_since"]
+        if not any(name in self.metrics.columns for name in LATENT_GRID_COLUMNS):
+            empty = {name: pd.Series([], dtype="float64") for name in columns}
+            return pd.DataFrame({**empty, "step": pd.Series([], dtype="int64")})
+        frame = pd.DataFrame({"step": self.metrics["step"].to_numpy()})
+        for name in columns[1:]:
+            if name in self.metrics.columns:
+                frame[name] = [_logged_number(v) for v in self.metrics[name]]
+            else:
+                frame[name] = math.nan
+        logged = frame[list(LATENT_GRID_COLUMNS)].notna().any(axis=1)
+        return frame[logged].reset_index(drop=True)
 
     @property
     def diagnostics(self) -> pd.DataFrame:

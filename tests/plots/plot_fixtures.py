@@ -125,6 +125,22 @@ def write_spectrum(
     return json.loads((folder / "spectrum.json").read_text())
 
 
+def latent_grid(step: int, seed: int, resets=()) -> dict:
+    """The latent-grid fields an evaluation at ``step`` logs (awkward floats; no flip fraction
+    at the first evaluation): flips decay, dispersion falls and each reset spreads it again."""
+    progress = step / EVAL_STEPS[-1]
+    fields = {
+        "grid_dispersion": 0.48 - 0.3 * progress + 0.1 * sum(r < step for r in resets) + seed / 7e3,
+        "clipped_fraction": 0.02 + progress / 61 + seed / 300,
+    }
+    if step > EVAL_STEPS[0]:
+        flips = 0.3 / (1 + step / 37) * (1 + seed / 7)
+        fields.update(flip_fraction=flips, flip_since=step - 100)
+    fields["latents"] = {name: {"model.layers.0.mlp.up_proj": value}
+                         for name, value in fields.items() if name != "flip_since"}  # fmt: skip
+    return fields
+
+
 def write_run(
     folder: Path,
     *,
@@ -138,9 +154,11 @@ def write_run(
     diagnostics: bool = False,
     truncated_tail: bool = False,
     config: dict | None = None,
+    latents: bool = False,
 ) -> None:
     """Write one run folder with training/eval metrics, resets and spectra at some steps
-    (``metrics.jsonl`` by the trainer's :class:`MetricsLog`, spectra by ``Spectrum.save``)."""
+    (``metrics.jsonl`` by the trainer's :class:`MetricsLog`, spectra by ``Spectrum.save``);
+    ``latents``: each evaluation also logs the latent grid (:func:`latent_grid`)."""
     folder.mkdir(parents=True, exist_ok=True)
     if config is None:  # the resolved configuration, as the training loop writes it
         from winq.train.config import TrainConfig
@@ -165,9 +183,19 @@ def write_run(
         loss = float(nearest + 0.05 + 0.04 * rng.standard_normal())
         lines.append({"step": step, "loss": loss, "lr": 1e-3, "tokens": step * 2048})
         if eval_at.get(step) is not None:  # a separate line for the same step: readers merge
-            lines.append({"step": step, "eval_loss": eval_at[step], "eval_ppl": 2.0, "new": 1})
+            line = {"step": step, "eval_loss": eval_at[step], "eval_ppl": 2.0, "new": 1}
+            lines.append({**line, **(latent_grid(step, seed, resets) if latents else {})})
         if step in resets:
-            lines.append({"step": step, "reset": {"alpha": 0.2, "reason": reset_reason}})
+            reset = {"alpha": 0.2, "reason": reset_reason}
+            if latents:  # the grid just before and after, nested: not an evaluation's fields
+                reset["before"] = {
+                    "grid_dispersion": 0.05,
+                    "clipped_fraction": 0.03,
+                    "flip_fraction": 0.01,
+                    "flip_since": step // 100 * 100,
+                }
+                reset["after"] = {"grid_dispersion": 0.4, "clipped_fraction": 0.0}
+            lines.append({"step": step, "reset": reset})
         if diagnostics and step % 250 == 0:
             lines.append(
                 {
@@ -207,7 +235,8 @@ def write_run(
 
 def build_study(root: Path) -> Path:
     """A miniature study: 2-bit baseline / fixed / guided, 1-bit baseline, a loose 3-bit
-    spectrum, an α sweep at the 2-bit baseline's last checkpoint.
+    spectrum, an α sweep at the 2-bit baseline's last checkpoint. The WinQ runs log the latent
+    grid at their evaluations; the baselines do not (runs from before the fields existed).
     """
     runs = root / "runs"
     write_run(
@@ -227,6 +256,7 @@ def build_study(root: Path) -> Path:
         spectra_steps=(0, 500, 1000),
         seed=2,
         truncated_tail=True,
+        latents=True,
     )
     write_run(
         runs / "qat-2bit-guided",
@@ -237,6 +267,7 @@ def build_study(root: Path) -> Path:
         reset_reason="guided",
         diagnostics=True,
         seed=3,
+        latents=True,
     )
     write_run(
         runs / "qat-1bit-baseline",
