@@ -13,8 +13,11 @@ identical data order, learning rate and length. The modes (``--modes``; :data:`M
   noise σ = 1e-3; ``fixed-clipped`` / ``fixed-dither``: the same schedule in the other reset
   modes (``winq-train --winq-reset-mode``);
 * ``guided``: ``--guide`` with the latent-grid rule and noise σ = 1e-3 (the controller's
-  default when the tiny grid ran); ``guided-nonoise``: the same without noise injection,
-  which separates what the resets do from what the noise does, and is the default since;
+  default when the first tiny grid ran); ``guided-nonoise``: the same without noise
+  injection, which separates what the resets do from what the noise does (the default after
+  that grid); ``guided-return``: ``guided-nonoise`` that also stops resetting once half of the
+  clipping a reset removed is back when the next comes due (``--guide-max-return 0.5``, the
+  default since the second tiny grid);
 * ``guided-spectrum``: the controller's previous default — spectrum triggers, α auto by
   |λ|max, ``full`` resets (the ``guided`` rows of the earlier grid in BENCHMARKS.md);
 
@@ -69,8 +72,9 @@ MODES: dict[str, dict[str, Any]] = {
     "fixed": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "full"},
     "fixed-clipped": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "clipped"},
     "fixed-dither": {"winq_resets": 3, "winq_alpha": 0.2, "reset_mode": "dither"},
-    "guided": {"guide": True, "noise_sigma": 1e-3},
-    "guided-nonoise": {"guide": True, "noise_sigma": 0.0},  # the controller's default
+    "guided": {"guide": True, "noise_sigma": 1e-3, "guide_max_return": None},
+    "guided-nonoise": {"guide": True, "noise_sigma": 0.0, "guide_max_return": None},
+    "guided-return": {"guide": True, "noise_sigma": 0.0, "guide_max_return": 0.5},  # the default
     "guided-spectrum": {
         "guide": True,
         "guide_rule": "spectrum",

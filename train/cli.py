@@ -225,6 +225,12 @@ def build_parser() -> ArgumentParser:
         "the run fall below this, or 'off' (1)",
     )
     g.add_argument(
+        "--guide-max-return",
+        type=optional_nonnegative,
+        help="latent rule: refuse resets once this share of the clipping the last reset "
+        "removed has come back by the time the next is due, or 'off' (0.5)",
+    )
+    g.add_argument(
         "--guide-probes",
         type=positive_int,
         help="spectrum rule: Rademacher probes per measurement; 2 or more give the near-zero "

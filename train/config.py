@@ -53,6 +53,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "reset_mode": "full",
     "guide_rule": "spectrum",
     "guide_flip_budget": None,
+    "guide_max_return": None,
     "guide_probes": 1,
     "eval_tasks": None,
     "eval_limit": None,
@@ -124,6 +125,7 @@ class TrainConfig:
     guide_monitor: bool = False
     guide_every: int | None = None
     guide_flip_budget: float | None = 1.0
+    guide_max_return: float | None = 0.5
     guide_probes: int = 1
     guide_steps: int = 8
     guide_params: str = "linear"
@@ -258,6 +260,12 @@ class TrainConfig:
         ):
             raise ValueError(
                 f"--guide-flip-budget must be a number >= 0 or 'off', got {self.guide_flip_budget}"
+            )
+        if self.guide_max_return is not None and not (
+            math.isfinite(self.guide_max_return) and self.guide_max_return >= 0
+        ):
+            raise ValueError(
+                f"--guide-max-return must be a number >= 0 or 'off', got {self.guide_max_return}"
             )
         if self.guide_probes < 1:
             raise ValueError(f"--guide-probes must be a positive integer, got {self.guide_probes}")
@@ -414,6 +422,7 @@ class TrainConfig:
                     "monitor_only": self.guide_monitor,
                     "every": self.guide_every,
                     "flip_budget": self.guide_flip_budget,
+                    "max_return": self.guide_max_return,
                     "probes": self.guide_probes,
                     "lanczos_steps": self.guide_steps,
                     "params": self.guide_params,

@@ -25,7 +25,20 @@ reset at α takes in-range latents from ``D`` to ``α·D``, a ``clipped`` one le
 they are (``ΔD <= 0``). It takes back ``ΔD/2`` cell widths of travel from every in-range
 latent, which the rest of the run must make good before flips resume. The reset is refused —
 and the controller stops — when ``F_rem < flip_budget · ΔD/2`` (the latents cannot travel back)
-or, after warm-up, once the learning rate is below ``lr_floor`` of its peak. It resets in
+or, after warm-up, once the learning rate is below ``lr_floor`` of its peak, or once the last
+reset has been undone: when the share of the clipping it removed that is back by the time the
+next reset comes due, :func:`clipping_returned`,
+
+.. math::
+
+    r = \frac{c - c_{\mathrm{after}}}{c_{\mathrm{before}} - c_{\mathrm{after}}},
+
+reaches ``max_return``. A reset is meant to free latents trapped outside the range, where the
+straight-through estimator gives them no gradient. When the gradient puts them back as fast as
+the reset took them in, clipping is where the loss wants those weights, not a trap, and every
+further reset only perturbs the scales' gradients (a clipped latent contributes its level's
+bound to its scale's gradient, an in-range one its rounding error) and the optimizer's
+moments. The first reset is always allowed: before it there is no evidence either way. It resets in
 ``--winq-reset-mode`` with ``--winq-alpha`` (or ``auto``: the gentlest candidate α that
 removes at least 90% of the clipping the strongest removes, by the same exact trials).
 
@@ -104,6 +117,7 @@ __all__ = [
     "Decision",
     "GuideRule",
     "choose_alpha",
+    "clipping_returned",
     "decide",
     "decide_latent",
     "make_measure",
@@ -141,6 +155,8 @@ class GuideRule:
         lr_floor: refuse resets after warm-up once lr < lr_floor · peak lr.
         flip_budget: refuse resets once the predicted flips per latent in the rest of the run,
             :func:`remaining_flips`, fall below this (None: off; latent rule).
+        max_return: refuse resets once this share of the clipping the last reset removed has
+            come back, :func:`clipping_returned` (None: off; latent rule).
         alpha_by: criterion of ``--winq-alpha auto`` (see the module docstring).
         alpha_gain: fraction of the best candidate's gain the chosen (gentlest) one must reach.
     """
@@ -153,6 +169,7 @@ class GuideRule:
     shrink: float | None = 2.0
     lr_floor: float = 0.25
     flip_budget: float | None = 1.0
+    max_return: float | None = 0.5
     alpha_by: str = "abs_lambda_max"
     alpha_gain: float = 0.9
 
@@ -221,6 +238,20 @@ def respread_need(collapse: float | None) -> float | None:
     return collapse / 2
 
 
+def clipping_returned(now: dict[str, Any], reference: dict[str, Any] | None) -> float | None:
+    """The share of the clipping the last reset removed that is back now:
+    ``(c - c_after) / (c_before - c_after)`` with ``c_before`` / ``c_after`` the clipped
+    fractions just before and after that reset (the reference's ``clipped_before_reset`` and
+    ``clipped_fraction``); None before the first reset or when the reset removed nothing."""
+    if reference is None:
+        return None
+    before = _num(reference.get("clipped_before_reset"))
+    after, c = _num(reference.get("clipped_fraction")), _num(now.get("clipped_fraction"))
+    if before is None or after is None or c is None or before - after <= 0:
+        return None
+    return (c - after) / (before - after)
+
+
 def decide_latent(
     reading: dict[str, Any],
     reference: dict[str, Any] | None,
@@ -236,8 +267,9 @@ def decide_latent(
         reading: the latent grid now: ``clipped_fraction``, ``grid_dispersion``,
             ``flip_fraction``, ``remaining_flips`` and ``collapse``, the fall of the grid
             dispersion the planned reset causes (measured by a trial reset; None = unknown).
-        reference: the reading just after the last reset (or the first one); None if there is
-            none yet, in which case only ``max_period`` can make a reset due.
+        reference: the reading just after the last reset (or the first one; with
+            ``clipped_before_reset``, the clipped fraction just before that reset); None if
+            there is none yet, in which case only ``max_period`` can make a reset due.
         steps_since_reset: optimizer steps since the last reset (or since step 0).
         lr_fraction: the current learning rate over the peak learning rate.
         after_warmup: whether warm-up is over (the learning-rate refusal applies only then).
@@ -262,6 +294,12 @@ def decide_latent(
                 f"{flips:.3g} flips per latent predicted for the rest of the run < "
                 f"{rule.flip_budget:g} x the {need:.3g} cell widths the reset takes back"
             )
+    returned = clipping_returned(reading, reference)
+    if rule.max_return is not None and returned is not None and returned >= rule.max_return:
+        refusals.append(
+            f"{returned:.2f} of the clipping the last reset removed is back (>= "
+            f"{rule.max_return:g}): the gradient holds those latents outside the range"
+        )
     lr = _lr_refusal(lr_fraction, after_warmup, rule)
     if lr is not None:
         refusals.append(lr)
@@ -708,6 +746,9 @@ class Controller:
         every candidate α with ``auto``), and the fall of the grid dispersion it would cause
         goes into the reading as ``collapse`` before the rule decides."""
         reading = sync(self.read_latents(model, step))
+        returned = clipping_returned(reading, self.reference)
+        if returned is not None:
+            reading["clipping_returned"] = returned
         candidates, alpha = {}, None
         if self.decide_now(reading, step, lr_fraction, after_warmup).decision == "reset":
             candidates = sync(self.trials(model, step))
@@ -776,7 +817,8 @@ class Controller:
             if decision.decision == "reset":
                 record = reset(alpha)
                 if self.latent:
-                    measured = {**reading, **record["after"]}
+                    measured = {**reading, **record["after"],
+                                "clipped_before_reset": reading.get("clipped_fraction")}  # fmt: skip
                 else:
                     measured = candidates[alpha]
                 self.after_reset(step, measured)

@@ -297,6 +297,7 @@ def _build_controller(config: TrainConfig, data: Any, schedule: CosineSchedule) 
         shrink=config.guide_shrink,
         lr_floor=config.guide_lr_floor,
         flip_budget=config.guide_flip_budget,
+        max_return=config.guide_max_return,
         alpha_by=config.guide_alpha_by,
     )
     measure = None

@@ -109,6 +109,7 @@ def bad_inputs(fp, q4, work):
         ("guide rule unknown", ["--guide", "--guide-rule", "hessian"], "choose from 'latent'"),
         ("flip budget negative", ["--guide", "--guide-flip-budget", "-1"], "must be >= 0"),
         ("flip budget not a number", ["--guide-flip-budget", "lots"], "expected float"),
+        ("max return negative", ["--guide", "--guide-max-return", "-0.5"], "must be >= 0"),
         ("guide probes zero", ["--guide", "--guide-probes", "0"], "positive integer"),
         (
             "eval task unknown",

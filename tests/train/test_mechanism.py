@@ -92,7 +92,8 @@ def test_dither_resets_and_latent_controller_resume_bit_for_bit(
     same weights bit for bit (dither draws, level codes and controller state all restored)."""
     kwargs = {"save_every": 5, "eval_every": 2, "guide": True, "reset_mode": "dither",
               "guide_every": 2, "guide_min_period": 2, "guide_clip_growth": 1e-4,
-              "guide_flip_budget": None, "guide_lr_floor": 0.0}  # fmt: skip
+              "guide_flip_budget": None, "guide_max_return": None,
+              "guide_lr_floor": 0.0}  # fmt: skip
     whole = train(config(fp_checkpoint, tmp_path / "whole", **kwargs))
     install_faults(monkeypatch, "7")
     with pytest.raises(RuntimeFailure, match="non-finite"):
@@ -117,7 +118,7 @@ def test_dither_resets_and_latent_controller_resume_bit_for_bit(
 def test_latent_rule_logs_its_readings_and_resets_when_clipping_grows(fp_checkpoint, tmp_path):
     run = train(config(fp_checkpoint, tmp_path / "g", guide=True, guide_every=2,
                        guide_min_period=4, guide_clip_growth=1e-4, guide_flip_budget=None,
-                       guide_lr_floor=0.0)).out  # fmt: skip
+                       guide_max_return=None, guide_lr_floor=0.0)).out  # fmt: skip
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["winq"]["guide"]["rule"] == "latent" and cfg["winq"]["reset_mode"] == "clipped"
     records = read_metrics(run)
@@ -135,6 +136,14 @@ def test_latent_rule_logs_its_readings_and_resets_when_clipping_grows(fp_checkpo
     assert resets and all(decisions[r["step"]] == "reset" for r in resets)
     assert all(r["reset"]["reason"] == "guided" for r in resets)
     assert all(b["step"] - a["step"] >= 4 for a, b in itertools.pairwise(resets))
+    # after a reset, each reading says how much of the clipping it removed is back
+    first = resets[0]["reset"]
+    removed = first["before"]["clipped_fraction"] - first["after"]["clipped_fraction"]
+    later = [r["guide"] for r in guides if resets[0]["step"] < r["step"] <= resets[-1]["step"]]
+    assert removed > 0 and later
+    for g in later[:1]:
+        back = (g["clipped_fraction"] - first["after"]["clipped_fraction"]) / removed
+        assert g["clipping_returned"] == pytest.approx(back, rel=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["full", "clipped", "dither"])

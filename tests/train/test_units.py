@@ -22,6 +22,7 @@ from winq.train.controller import (
     Controller,
     GuideRule,
     choose_alpha,
+    clipping_returned,
     decide,
     decide_latent,
     remaining_flips,
@@ -68,6 +69,7 @@ def test_reset_mode_defaults_and_the_modes_of_winq_nn():
         ({"reset_mode": "half"}, "--winq-reset-mode must be one of full, clipped, dither"),
         ({"guide_rule": "hessian"}, "--guide-rule must be one of latent, spectrum"),
         ({"guide_flip_budget": -1.0}, "--guide-flip-budget"),
+        ({"guide_max_return": math.nan}, "--guide-max-return"),
         ({"guide_probes": 0}, "--guide-probes"),
         ({"bits": 16, "reset_mode": "clipped"}, "needs QAT"),
     ):
@@ -79,10 +81,12 @@ def test_a_config_json_from_before_the_reset_modes_still_resumes():
     """Fields added later take the value that reproduces what such a run did: full resets
     and the spectrum rule."""
     data = TrainConfig(bits=2, guide=True, guide_rule="spectrum").resolve().to_json()
-    for name in ("reset_mode", "guide_rule", "guide_flip_budget", "guide_probes"):
+    for name in ("reset_mode", "guide_rule", "guide_flip_budget", "guide_max_return",
+                 "guide_probes"):  # fmt: skip
         del data[name]
     old = TrainConfig.from_json(data)
     assert (old.reset_mode, old.guide_rule, old.guide_flip_budget) == ("full", "spectrum", None)
+    assert old.guide_max_return is None
 
 
 # -- schedules -------------------------------------------------------------------------------
@@ -220,7 +224,8 @@ def test_decide_switched_off_triggers_and_nonfinite_values():
 
 # -- the latent rule ----------------------------------------------------------------------------
 
-LATENT = GuideRule(min_period=40, clip_growth=0.01, lr_floor=0.25, flip_budget=1.0)
+LATENT = GuideRule(min_period=40, clip_growth=0.01, lr_floor=0.25, flip_budget=1.0,
+                   max_return=None)  # fmt: skip
 
 
 def reading(clipped, flips=0.05, remaining=10.0, dispersion=0.45, collapse=0.36):
@@ -231,7 +236,8 @@ def reading(clipped, flips=0.05, remaining=10.0, dispersion=0.45, collapse=0.36)
 def replay(readings, rule=LATENT, every=20, warmup=10, lr=lambda step: 1.0):
     """The latent rule over a sequence of readings taken every ``every`` steps, as the
     controller applies it: the reference is the first reading, then the reading just after
-    each reset (a clipped reset leaves nothing clipped); the first refusal stops it.
+    each reset (a clipped reset leaves nothing clipped, and the reference remembers the clipped
+    fraction before it); the first refusal stops it.
 
     Returns:
         ``[(step, decision), ...]``.
@@ -243,7 +249,9 @@ def replay(readings, rule=LATENT, every=20, warmup=10, lr=lambda step: 1.0):
                                  lr_fraction=lr(step), after_warmup=step >= warmup, rule=rule)  # fmt: skip
         out.append((step, decision.decision))
         if decision.decision == "reset":
-            reference, last_reset = {**now, "clipped_fraction": 0.0}, step
+            reference = {**now, "clipped_fraction": 0.0,
+                         "clipped_before_reset": now["clipped_fraction"]}  # fmt: skip
+            last_reset = step
         if decision.decision == "refuse":
             break
     return out
@@ -286,6 +294,36 @@ def test_latent_rule_refuses_when_the_latents_can_no_longer_travel():
     unknown = [reading(0.02 + 0.01 * i, remaining=None) for i in range(3)]
     assert replay(unknown) == [(20, "wait"), (40, "reset")]
     assert respread_need(0.36) == pytest.approx(0.18) and respread_need(-0.01) is None
+
+
+def test_clipping_returned_is_the_share_of_the_removed_clipping_that_came_back():
+    reference = {"clipped_fraction": 0.01, "clipped_before_reset": 0.05}
+    assert clipping_returned({"clipped_fraction": 0.03}, reference) == pytest.approx(0.5)
+    assert clipping_returned({"clipped_fraction": 0.05}, reference) == pytest.approx(1.0)
+    assert clipping_returned({"clipped_fraction": 0.0}, reference) == pytest.approx(-0.25)
+    # before any reset, or a reset that removed nothing: unknown
+    assert clipping_returned({"clipped_fraction": 0.03}, {"clipped_fraction": 0.01}) is None
+    assert clipping_returned({"clipped_fraction": 0.03}, None) is None
+    flat = {"clipped_fraction": 0.02, "clipped_before_reset": 0.02}
+    assert clipping_returned({"clipped_fraction": 0.03}, flat) is None
+
+
+def test_latent_rule_stops_when_a_reset_is_undone_and_keeps_going_when_it_is_not():
+    """The 1.58-bit pattern: 1.6% clipped when the first reset comes due, 1.2% back when the
+    next is due (0.75 of what the reset removed): that one is refused and nothing more is
+    reset. The 1-bit pattern: 32% clipped at the first reset, 1.2% back when the next is due
+    (0.04): it resets again, and the 1.2% that second reset removed is back (1.7 of it) at the
+    third, which is refused. With max_return off every due reset is made."""
+    rule = GuideRule(min_period=40, max_return=0.5)
+    ternary = [reading(c) for c in (0.0, 0.005, 0.009, 0.016, 0.003, 0.006, 0.009, 0.012)]
+    assert replay(ternary, rule=rule) == [(20, "wait"), (40, "wait"), (60, "reset"), (80, "wait"),
+                                          (100, "wait"), (120, "wait"), (140, "refuse")]  # fmt: skip
+    off = GuideRule(min_period=40, max_return=None)
+    assert [s for s, d in replay(ternary, rule=off) if d == "reset"] == [60, 140]
+    binary = [reading(c) for c in (0.30, 0.31, 0.32, 0.0, 0.004, 0.008, 0.012, 0.016, 0.020)]
+    assert [(s, d) for s, d in replay(binary, rule=rule) if d != "wait"] == [
+        (40, "reset"), (120, "reset"), (160, "refuse")]  # fmt: skip
+    assert [s for s, d in replay(binary, rule=off) if d != "wait"] == [40, 120, 160]
 
 
 def test_latent_rule_refuses_late_in_the_schedule_but_not_in_warmup():
