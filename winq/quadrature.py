@@ -473,6 +473,8 @@ def t_interval(values, ci: float = DEFAULT_CI, bounds=(0.0, 1.0)) -> Estimate:
     if values.size == 0:
         return Estimate(math.nan, math.nan, (math.nan, math.nan))
     mean = float(values.mean())
+    if bounds is not None:  # a mass of weights that sum to 1 in exact arithmetic can reach 1 + ulp
+        mean = min(max(mean, bounds[0]), bounds[1])
     if values.size < 2:
         return Estimate(mean, math.nan, (math.nan, math.nan))
     from scipy.stats import t
