@@ -42,15 +42,23 @@ Student-t interval over seeds (``mean [low, high]``):
 Every run is a worker process calling :func:`winq.train.loop.train` with ``--threads`` torch
 threads, ``--jobs`` at a time. A run killed after ``--run-timeout`` seconds, or by an
 interrupted benchmark, resumes from its last checkpoint (every T/10 updates) when the benchmark
-is run again; finished runs are reused, and ``--json`` is rewritten after every run::
+is run again; finished runs are reused, and ``--json`` is rewritten after every run. The grids
+in BENCHMARKS.md ("Issue 13")::
 
+    python bench/winq_speedup.py --preset tiny --bits 1 1.58 2 --seeds 0 1 2 \\
+        --pretrain-steps 1200 --batch-size 8 --eval-batches 8 --jobs 2 --threads 1 \\
+        --modes baseline guided-return guided-nonoise fixed fixed-clipped fixed-dither \\
+        --out runs/issue13-tiny --json runs/issue13-tiny/results.json
     python bench/winq_speedup.py --preset small --bits 1 1.58 2 --seeds 0 1 2 \\
         --pretrain-steps 2000 --batch-size 8 --eval-batches 8 --jobs 2 --threads 1 \\
-        --modes baseline fixed fixed-clipped fixed-dither guided guided-spectrum \\
-        --out runs/issue13-small --json runs/issue13-small/results.json
+        --modes baseline guided-return --out runs/issue13-small \\
+        --json runs/issue13-small/results.json
+
+and a run-length series (several ``--steps``; the resets of ``fixed`` stay at T/4, T/2, 3T/4)::
+
     python bench/winq_speedup.py --preset tiny --bits 2 --steps 300 1200 3000 --seeds 0 1 2 \\
         --pretrain-steps 1200 --batch-size 8 --eval-batches 8 --jobs 2 \\
-        --modes baseline fixed guided --out runs/issue13-tiny
+        --modes baseline fixed guided-return --out runs/issue13-tiny
 """
 
 from __future__ import annotations

@@ -34,11 +34,12 @@ next reset comes due, :func:`clipping_returned`,
     r = \frac{c - c_{\mathrm{after}}}{c_{\mathrm{before}} - c_{\mathrm{after}}},
 
 reaches ``max_return``. A reset is meant to free latents trapped outside the range, where the
-straight-through estimator gives them no gradient. When the gradient puts them back as fast as
-the reset took them in, clipping is where the loss wants those weights, not a trap, and every
-further reset only perturbs the scales' gradients (a clipped latent contributes its level's
-bound to its scale's gradient, an in-range one its rounding error) and the optimizer's
-moments. The first reset is always allowed: before it there is no evidence either way. It resets in
+straight-through estimator gives them no gradient. A reset that is undone before the next one
+comes due freed nothing for long: the range edge absorbs them again, as they get no gradient
+once outside. Every further reset then only perturbs the scales' gradients (a clipped latent
+contributes its level's bound to its scale's gradient, an in-range one its rounding error) and
+the optimizer's moments. The first reset is always allowed: before it there is no evidence
+either way. It resets in
 ``--winq-reset-mode`` with ``--winq-alpha`` (or ``auto``: the gentlest candidate α that
 removes at least 90% of the clipping the strongest removes, by the same exact trials).
 
@@ -53,11 +54,19 @@ runs clip 1–3% of their latents, so a reset waits for saturation comparable to
 there); ``flip_budget`` = 1 (a collapse of ΔD/2 cell widths must be recoverable at least once
 over); ``lr_floor`` = 0.25 (below it the rest of a cosine schedule decaying to zero holds 6%
 of the run's learning-rate budget). On the tiny preset (300 updates, 3 seeds; the table
-"Issue 13" in BENCHMARKS.md) this rule without noise ties with plain QAT at 1 bit (Δ −0.04%
-[−0.18, +0.09]) and 2 bits (+0.01% [−0.07, +0.10]) and is worse at 1.58 bits (+0.10%
-[+0.02, +0.19]): each clipped reset took the clipped fraction to 0 and left the dispersion
-and the flip rate where the baseline has them, yet three of them cost a little. The rule does
-not yet find "no reset" by itself where that is best.
+"Issue 13" in BENCHMARKS.md) this rule without ``max_return`` ties with plain QAT at 1 bit
+(Δ −0.04% [−0.18, +0.09]) and 2 bits (+0.01% [−0.07, +0.10]) and is worse at 1.58 bits (+0.10%
+[+0.02, +0.19]). Each clipped reset took the clipped fraction to 0 and left the dispersion and
+the flip rate where the baseline has them, yet three of them cost a little. ``max_return`` = 0.5
+comes from the second tiny grid ("Issue 13, second tiny grid"). When the next reset came due,
+0.73–0.75 (1 bit), 0.56–0.59 (1.58 bits) and 0.60–0.76 (2 bits) of the clipping the previous
+reset removed was back, in every seed, although the held-out gradient pushes only 52–53% of
+the clipped latents outward (``bench/clipped_gradient.py``): the edge absorbs them, the loss
+does not hold them there.
+With it the controller resets once at every width and stops, which ties with plain QAT at 1 and
+1.58 bits (+0.06% [−0.49, +0.60], +0.07% [−0.30, +0.43]). At 2 bits the one reset still costs
++0.09% [+0.01, +0.18]. The rule needs that first reset to learn that resets are undone, so it
+does not yet find "no reset" by itself.
 
 **The spectrum rule** (``spectrum``, the previous default; :func:`decide`). Every
 ``--guide-every`` updates it measures, on one fixed held-out probe batch, the clipped fraction
@@ -298,7 +307,7 @@ def decide_latent(
     if rule.max_return is not None and returned is not None and returned >= rule.max_return:
         refusals.append(
             f"{returned:.2f} of the clipping the last reset removed is back (>= "
-            f"{rule.max_return:g}): the gradient holds those latents outside the range"
+            f"{rule.max_return:g}): resets do not keep latents in range here"
         )
     lr = _lr_refusal(lr_fraction, after_warmup, rule)
     if lr is not None:
