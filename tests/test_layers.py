@@ -61,6 +61,8 @@ def test_the_file_readers_import_no_torch():
         "import sys\n"
         "import winq.plots, winq.runfiles, winq.spectrumfile, winq.quadrature, winq.sources\n"
         "import winq.plots.cli\n"
+        "# every command parses its flags (and refuses bad ones) before torch is imported\n"
+        "import winq.export.cli, winq.eval.cli, winq.train.cli, winq.app.spectrum, winq.app.study\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

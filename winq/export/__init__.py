@@ -29,6 +29,8 @@ from winq.export.report import ExportError, ExportReport, TensorRecord
 
 __all__ = [
     "FORMATS",
+    "GGUF_ARCHITECTURES",
+    "GGUF_TYPES",
     "ExportError",
     "ExportReport",
     "TensorRecord",
@@ -36,6 +38,11 @@ __all__ = [
 ]
 
 FORMATS = ("hf", "packed", "gguf")
+# What the GGUF writer handles, named here without importing it (it imports torch), so that
+# winq-export refuses a bad flag at once: the block types most compact first
+# (winq.export.gguf.BLOCK_TYPES) and the model architectures.
+GGUF_TYPES = ("TQ2_0", "Q2_K", "Q4_0", "Q5_0")
+GGUF_ARCHITECTURES = ("llama",)
 
 
 def export(

@@ -25,10 +25,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from winq.checkpoint import CheckpointError, check_folder, read_quant_config
 from winq.cli import ArgumentParser, UsageError, guarded_main
-from winq.export import FORMATS, ExportError, check_dtype, export
-from winq.export.gguf import BLOCK_TYPES, SUPPORTED_ARCHITECTURES
+from winq.export import FORMATS, GGUF_ARCHITECTURES, GGUF_TYPES, ExportError, check_dtype, export
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -52,7 +50,7 @@ def build_parser() -> ArgumentParser:
                         help="hf: weight dtype (default bfloat16); gguf: dtype of embeddings and "
                         "an untied output head (default float32); not for packed")  # fmt: skip
     parser.add_argument("--gguf-type", default="auto",
-                        choices=("auto", *(block.name for block in BLOCK_TYPES)),
+                        choices=("auto", *GGUF_TYPES),
                         help="GGUF block type of every quantized tensor (default auto: the most "
                         "compact exact one per tensor)")  # fmt: skip
     parser.add_argument("--bits", choices=BITS_CHOICES,
@@ -67,6 +65,8 @@ def build_parser() -> ArgumentParser:
 
 def _precheck(args) -> None:
     """Refuse bad input from the files alone, before the model is loaded."""
+    from winq.checkpoint import CheckpointError, check_folder, read_quant_config
+
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UsageError(f"--out {str(out)!r} already exists (pass --overwrite to replace it)")
@@ -90,9 +90,9 @@ def _precheck(args) -> None:
     if args.format == "gguf":
         config = json.loads((Path(args.checkpoint) / "config.json").read_text())
         model_type = config.get("model_type") if isinstance(config, dict) else None
-        if model_type not in SUPPORTED_ARCHITECTURES:
+        if model_type not in GGUF_ARCHITECTURES:
             raise UsageError(
-                f"gguf export supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture; "
+                f"gguf export supports the {', '.join(GGUF_ARCHITECTURES)} architecture; "
                 f"checkpoint {args.checkpoint!r} is {model_type!r} (use --format packed or hf)"
             )
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
@@ -127,7 +127,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-main = guarded_main(PROG, run, usage_errors=(ExportError, CheckpointError))
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from winq.checkpoint import CheckpointError
+
+    return (ExportError, CheckpointError)
+
+
+main = guarded_main(PROG, run, usage_errors=_usage_errors)
 
 if __name__ == "__main__":
     raise SystemExit(main())

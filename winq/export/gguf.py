@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from winq.export import GGUF_ARCHITECTURES
 from winq.export.grid import Grid, LayerCodes, layer_codes
 from winq.export.report import ExportError, ExportReport, TensorRecord
 from winq.io import fsync_dir
@@ -77,7 +78,7 @@ __all__ = [
     "pack_blocks",
 ]
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = GGUF_ARCHITECTURES
 GGUF_DTYPES = ("float32", "float16", "bfloat16")
 FLOAT16_MAX = 65504.0
 
