@@ -324,10 +324,13 @@ def decide_latent(
 def _masses_separated(now: dict[str, Any], reference: dict[str, Any]) -> bool:
     """Whether the two near-zero masses' 95% intervals over probes are disjoint (False when
     either has no interval, e.g. one probe)."""
-    a, b = now.get("near_zero_mass_ci"), reference.get("near_zero_mass_ci")
-    if not a or not b or any(_num(x) is None for x in (*a, *b)):
-        return False
-    return a[0] > b[1] or b[0] > a[1]
+    from winq.quadrature import Estimate
+
+    def estimate(reading: dict[str, Any]) -> Estimate:
+        ci = reading.get("near_zero_mass_ci") or (math.nan, math.nan)
+        return Estimate(math.nan, math.nan, tuple(math.nan if _num(x) is None else x for x in ci))
+
+    return estimate(now).separated_from(estimate(reference))
 
 
 def decide(
