@@ -65,8 +65,11 @@ the clipped latents outward (``bench/clipped_gradient.py``): the edge absorbs th
 does not hold them there.
 With it the controller resets once at every width and stops, which ties with plain QAT at 1 and
 1.58 bits (+0.06% [−0.49, +0.60], +0.07% [−0.30, +0.43]). At 2 bits the one reset still costs
-+0.09% [+0.01, +0.18]. The rule needs that first reset to learn that resets are undone, so it
-does not yet find "no reset" by itself.
++0.09% [+0.01, +0.18]. On the small preset (400 updates, 3 seeds; "the default controller on
+the small preset") it ends level with plain QAT at every width: +0.01% [−0.33, +0.34] at 1 bit,
+−0.03% [−0.32, +0.25] at 1.58 bits. At 2 bits no reset was allowed, because clipping grew by
+``clip_growth`` only below ``lr_floor``, so the run is plain QAT bit for bit. Where saturation
+builds up early, the rule still needs a first reset to learn that resets are undone.
 
 **The spectrum rule** (``spectrum``, the previous default; :func:`decide`). Every
 ``--guide-every`` updates it measures, on one fixed held-out probe batch, the clipped fraction
