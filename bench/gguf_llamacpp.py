@@ -30,7 +30,8 @@ llama.cpp comes from PyPI: when ``llama_cpp`` is not importable this builds the
 ``llama-cpp-python`` source distribution with the machine's cmake and C/C++ compiler into
 ``--install-dir`` (default ``bench/results/llama_cpp_python``, ignored by git), for AVX2 rather
 than the build machine's own instruction set (see :func:`build_llama_cpp`) — 3 to 5 minutes on
-2 cores, shown as the build's step counter. Nothing of llama.cpp is kept in the repository. Usage (the runs in BENCHMARKS.md)::
+2 cores, shown as the build's step counter. Nothing of llama.cpp is kept in the repository.
+Usage (the runs in BENCHMARKS.md)::
 
     python bench/gguf_llamacpp.py --qat-steps 60 --train-flags "--batch-size 8 --seq-len 128" \
         --json bench/results/gguf_llamacpp_tiny.json              # 1, 1.58, 2, 3, 4 bits

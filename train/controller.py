@@ -43,31 +43,30 @@ either way. It resets in
 ``--winq-reset-mode`` with ``--winq-alpha`` (or ``auto``: the gentlest candidate α that
 removes at least 90% of the clipping the strongest removes, by the same exact trials).
 
-Evidence for the thresholds (BENCHMARKS.md, "Does WinQ speed up QAT here?"). On the small
-preset (400 updates, 1/1.58/2 bits, 3 seeds) every ``full`` reset schedule ended 0.6–2.3%
-behind plain QAT: after a reset the runs improved 0.009–0.044 over the last half against the
-baselines' 0.057–0.087, and one α = 0 reset at 1 bit stalled a run as much as three — the
-collapse onto the grid, not the count of resets, is the harm. Hence: the default mode is
-``clipped`` (``ΔD <= 0``: nothing in range collapses, so the budget test never refuses it and
-a reset can only take saturated latents back into range); ``clip_growth`` = 0.01 (the 2-bit
-runs clip 1–3% of their latents, so a reset waits for saturation comparable to what is
-there); ``flip_budget`` = 1 (a collapse of ΔD/2 cell widths must be recoverable at least once
-over); ``lr_floor`` = 0.25 (below it the rest of a cosine schedule decaying to zero holds 6%
-of the run's learning-rate budget). On the tiny preset (300 updates, 3 seeds; the table
-"Issue 13" in BENCHMARKS.md) this rule without ``max_return`` ties with plain QAT at 1 bit
-(Δ −0.04% [−0.18, +0.09]) and 2 bits (+0.01% [−0.07, +0.10]) and is worse at 1.58 bits (+0.10%
-[+0.02, +0.19]). Each clipped reset took the clipped fraction to 0 and left the dispersion and
-the flip rate where the baseline has them, yet three of them cost a little. ``max_return`` = 0.5
-comes from the second tiny grid ("Issue 13, second tiny grid"). When the next reset came due,
-0.73–0.75 (1 bit), 0.56–0.59 (1.58 bits) and 0.60–0.76 (2 bits) of the clipping the previous
-reset removed was back, in every seed, although the held-out gradient pushes only 52–53% of
-the clipped latents outward (``bench/clipped_gradient.py``): the edge absorbs them, the loss
-does not hold them there.
-With it the controller resets once at every width and stops, which ties with plain QAT at 1 and
-1.58 bits (+0.06% [−0.49, +0.60], +0.07% [−0.30, +0.43]). At 2 bits the one reset still costs
-+0.09% [+0.01, +0.18]. On the small preset (400 updates, 3 seeds; "the default controller on
-the small preset") it ends level with plain QAT at every width: +0.01% [−0.33, +0.34] at 1 bit,
-−0.03% [−0.32, +0.25] at 1.58 bits. At 2 bits no reset was allowed, because clipping grew by
+Evidence for the thresholds (BENCHMARKS.md, "Does WinQ speed up QAT here?"). On the small preset
+(400 updates, 1/1.58/2 bits, 3 seeds) every ``full`` reset schedule ended 0.6–2.3% behind plain
+QAT: after a reset the runs improved 0.009–0.044 over the last half against the baselines'
+0.057–0.087, and one α = 0 reset at 1 bit stalled a run as much as three — the collapse onto the
+grid, not the count of resets, is the harm. Hence: the default mode is ``clipped`` (``ΔD <= 0``:
+nothing in range collapses, so the budget test never refuses it and a reset can only take
+saturated latents back into range); ``clip_growth`` = 0.01 (the 2-bit runs clip 1–3% of their
+latents, so a reset waits for saturation comparable to what is there); ``flip_budget`` = 1 (a
+collapse of ΔD/2 cell widths must be recoverable at least once over); ``lr_floor`` = 0.25 (below
+it the rest of a cosine schedule decaying to zero holds 6% of the run's learning-rate budget).
+On the tiny preset (300 updates, 3 seeds; the table "Issue 13" in BENCHMARKS.md) this rule
+without ``max_return`` ties with plain QAT at 1 bit (Δ −0.04% [−0.18, +0.09]) and 2 bits (+0.01%
+[−0.07, +0.10]) and is worse at 1.58 bits (+0.10% [+0.02, +0.19]). Each clipped reset took the
+clipped fraction to 0 and left the dispersion and the flip rate where the baseline has them, yet
+three of them cost a little. ``max_return`` = 0.5 comes from the second tiny grid ("Issue 13,
+second tiny grid"). When the next reset came due, 0.73–0.75 (1 bit), 0.56–0.59 (1.58 bits) and
+0.60–0.76 (2 bits) of the clipping the previous reset removed was back, in every seed, although
+the held-out gradient pushes only 52–53% of the clipped latents outward
+(``bench/clipped_gradient.py``): the edge absorbs them, the loss does not hold them there. With
+it the controller resets once at every width and stops, which ties with plain QAT at 1 and 1.58
+bits (+0.06% [−0.49, +0.60], +0.07% [−0.30, +0.43]). At 2 bits the one reset still costs +0.09%
+[+0.01, +0.18]. On the small preset (400 updates, 3 seeds; "the default controller on the small
+preset") it ends level with plain QAT at every width: +0.01% [−0.33, +0.34] at 1 bit, −0.03%
+[−0.32, +0.25] at 1.58 bits. At 2 bits no reset was allowed, because clipping grew by
 ``clip_growth`` only below ``lr_floor``, so the run is plain QAT bit for bit. Where saturation
 builds up early, the rule still needs a first reset to learn that resets are undone.
 
@@ -832,8 +831,8 @@ class Controller:
             if decision.decision == "reset":
                 record = reset(alpha)
                 if self.latent:
-                    measured = {**reading, **record["after"],
-                                "clipped_before_reset": reading.get("clipped_fraction")}  # fmt: skip
+                    before = reading.get("clipped_fraction")
+                    measured = {**reading, **record["after"], "clipped_before_reset": before}
                 else:
                     measured = candidates[alpha]
                 self.after_reset(step, measured)

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import winq
-from winq.export import GGUF_ARCHITECTURES, GGUF_TYPES, ExportError, export
-from winq.export.gguf import BLOCK_TYPES, SUPPORTED_ARCHITECTURES, pack_blocks
+from winq.export import GGUF_TYPES, ExportError, export
+from winq.export.gguf import BLOCK_TYPES, pack_blocks
 from winq.export.grid import layer_codes
 from winq.nn import quant_layers
 
@@ -137,11 +137,9 @@ def test_gguf_group_of_256_keeps_the_compact_type(tmp_path, embedded_tokenizer):
 
 
 def test_the_torch_free_names_match_the_writer():
-    """winq-export offers GGUF_TYPES and GGUF_ARCHITECTURES without importing the writer; they
-    are the writer's block types (most compact first) and architectures, and every name is a
-    ggml type the gguf package knows."""
+    """winq-export offers GGUF_TYPES without importing the writer; they are the writer's block
+    types (most compact first), and every name is a ggml type the gguf package knows."""
     assert GGUF_TYPES == tuple(block.name for block in BLOCK_TYPES)
-    assert GGUF_ARCHITECTURES == SUPPORTED_ARCHITECTURES
     assert all(gguf.GGMLQuantizationType[name] for name in GGUF_TYPES)
 
 

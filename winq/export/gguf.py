@@ -71,14 +71,12 @@ from winq.nn import QuantLinear
 __all__ = [
     "BLOCK_TYPES",
     "GGUF_DTYPES",
-    "SUPPORTED_ARCHITECTURES",
     "BlockType",
     "choose_block_type",
     "export_gguf",
     "pack_blocks",
 ]
 
-SUPPORTED_ARCHITECTURES = GGUF_ARCHITECTURES
 GGUF_DTYPES = ("float32", "float16", "bfloat16")
 FLOAT16_MAX = 65504.0
 
@@ -279,9 +277,9 @@ def _float_array(tensor: torch.Tensor, dtype: str) -> tuple[np.ndarray, Any, str
 def _check_architecture(model: nn.Module) -> Any:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_ARCHITECTURES:
+    if model_type not in GGUF_ARCHITECTURES:
         raise ExportError(
-            f"gguf export supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture; "
+            f"gguf export supports the {', '.join(GGUF_ARCHITECTURES)} architecture; "
             f"this model is {model_type!r} (use --format packed or hf)"
         )
     return config
